@@ -1,0 +1,1 @@
+"""resnet_tuner: search ResNets for your own image folders with Keras Tuner."""
