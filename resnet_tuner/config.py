@@ -1,0 +1,337 @@
+"""`ResNetConfig`: the contract between a search space and the network builder.
+
+A config is a frozen, validated dataclass that fully describes one model: the
+residual backbone (or the pretrained ResNet50 used for transfer learning), the
+augmentation layers that run in training only, and the classification head.
+It round-trips through JSON so the best model of a search can be rebuilt from
+`config.json` alone, without keras-tuner.
+
+Training settings (optimizer, learning rate, batch size, ...) are not part of
+the network and live in `TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+BLOCK_TYPES = ("basic", "bottleneck")
+SHORTCUT_MODES = ("A", "B", "C")
+STEM_TYPES = ("imagenet", "cifar", "strided3x3")
+BACKBONES = ("scratch", "resnet50")
+FLIP_MODES = ("none", "horizontal", "vertical", "both")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+#: ResNet50 from keras.applications has a stem (conv1) and four residual stages
+#: (conv2..conv5); `freeze_stages=k` freezes conv1..convk.
+RESNET50_STAGES = 5
+
+
+def _fail(name: str, value: Any, expected: str) -> ValueError:
+    return ValueError(f"{name} must be {expected}. Received: {name}={value!r}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise _fail(name, value, f"one of {', '.join(map(repr, choices))}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_positive_ints(name: str, values: Any) -> None:
+    if (
+        not isinstance(values, tuple)
+        or not values
+        or not all(_is_int(v) and v > 0 for v in values)
+    ):
+        raise _fail(name, values, "a non-empty sequence of positive integers")
+
+
+def _check_fraction(name: str, value: Any, *, upper_open: bool = True) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and 0.0 <= value < 1.0 if upper_open else ok and 0.0 <= value <= 1.0
+    if not ok:
+        raise _fail(name, value, "a number in [0, 1)" if upper_open else "a number in [0, 1]")
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """Everything needed to build one ResNet classifier.
+
+    Stages are numbered as in He et al. 2015 (Table 1): the stem is stage 1
+    ("conv1") and residual stages are 2, 3, ... ("conv2_x", "conv3_x", ...).
+    The first residual stage keeps the resolution; every later one halves it.
+
+    Attributes:
+        block: `"basic"` (two 3x3 convs) or `"bottleneck"` (1x1 -> 3x3 -> 1x1).
+        stage_depths: residual blocks per stage, e.g. `(3, 4, 6, 3)`.
+        stage_widths: filters per stage (the bottleneck's inner width), same
+            length as `stage_depths`.
+        shortcut: `"A"` zero-padding identity (parameter-free), `"B"`
+            projection where the shape changes, `"C"` projection on every block
+            (He et al. 2015, sec. 3.3).
+        stem: `"imagenet"` (7x7/2 conv + 3x3/2 max-pool), `"cifar"` (3x3/1
+            conv) or `"strided3x3"` (3x3/2 conv, no pool: the 003 seed's).
+        stem_width: filters of the stem convolution.
+        expansion: output channels of a bottleneck block divided by its inner
+            width (4 in the paper). Ignored by basic blocks.
+        preactivation: ResNet v2 ordering (BN -> ReLU -> conv, He et al. 2016).
+        conv_bias: give convolutions a bias. Off by default: a bias right
+            before BatchNormalization is redundant. keras.applications.ResNet50
+            and the 003 seed keep it.
+        bn_epsilon: BatchNormalization epsilon.
+        dropout: dropout rate before the classifier.
+        head_hidden: units of an optional hidden ReLU dense layer in the head
+            (0 for none; the 003 seed uses 10).
+        binary_head: for 2 classes, one sigmoid unit instead of a softmax.
+        backbone: `"scratch"` (this builder) or `"resnet50"`
+            (keras.applications.ResNet50 with pretrained weights).
+        freeze_stages: stages frozen from the input side, 0 (all trainable) to
+            5 for ResNet50 (conv1..conv5 frozen). Frozen BatchNorm layers run in
+            inference mode.
+        weights: for `backbone="resnet50"`: `"imagenet"`, a path to a weights
+            file, or `None` for random initialisation.
+        flip: random flips in training: `"none"`, `"horizontal"`,
+            `"vertical"` or `"both"` (the 003 seed's cv2.flip codes 1, 0, -1).
+        gamma: `(low, high)` range of a random gamma `x ** g` applied in
+            training, or `None`. The 003 seed draws g from 0.4..0.7.
+        shift: random translation in training, as a fraction of height and
+            width (the 004 seed's 0.1); 0 disables it.
+    """
+
+    block: str = "basic"
+    stage_depths: tuple[int, ...] = (2, 2, 2, 2)
+    stage_widths: tuple[int, ...] = (64, 128, 256, 512)
+    shortcut: str = "B"
+    stem: str = "imagenet"
+    stem_width: int = 64
+    expansion: int = 4
+    preactivation: bool = False
+    conv_bias: bool = False
+    bn_epsilon: float = 1e-3
+    dropout: float = 0.0
+    head_hidden: int = 0
+    binary_head: bool = False
+    backbone: str = "scratch"
+    freeze_stages: int = 0
+    weights: str | None = "imagenet"
+    flip: str = "none"
+    gamma: tuple[float, float] | None = None
+    shift: float = 0.0
+
+    def __post_init__(self) -> None:
+        # Accept lists (from JSON or TOML) but store tuples so configs hash.
+        for name in ("stage_depths", "stage_widths", "gamma"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks every field. Raises `ValueError` naming the field and value."""
+        _check_choice("block", self.block, BLOCK_TYPES)
+        _check_choice("shortcut", self.shortcut, SHORTCUT_MODES)
+        _check_choice("stem", self.stem, STEM_TYPES)
+        _check_choice("backbone", self.backbone, BACKBONES)
+        _check_choice("flip", self.flip, FLIP_MODES)
+        _check_positive_ints("stage_depths", self.stage_depths)
+        _check_positive_ints("stage_widths", self.stage_widths)
+        if len(self.stage_depths) != len(self.stage_widths):
+            raise ValueError(
+                "stage_depths and stage_widths must have the same length (one entry per "
+                f"stage). Received: stage_depths={self.stage_depths}, "
+                f"stage_widths={self.stage_widths}"
+            )
+        for name in ("stem_width", "expansion"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise _fail(name, getattr(self, name), "a positive integer")
+        if not _is_int(self.head_hidden) or self.head_hidden < 0:
+            raise _fail("head_hidden", self.head_hidden, "a non-negative integer (0: no layer)")
+        for name in ("preactivation", "conv_bias", "binary_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise _fail(name, getattr(self, name), "True or False")
+        if not isinstance(self.bn_epsilon, (int, float)) or self.bn_epsilon <= 0:
+            raise _fail("bn_epsilon", self.bn_epsilon, "a positive number")
+        _check_fraction("dropout", self.dropout)
+        _check_fraction("shift", self.shift)
+        if self.gamma is not None:
+            g = self.gamma
+            if (
+                not isinstance(g, tuple)
+                or len(g) != 2
+                or not all(isinstance(v, (int, float)) and v > 0 for v in g)
+                or g[0] > g[1]
+            ):
+                raise _fail("gamma", g, "None or a (low, high) pair with 0 < low <= high")
+        max_freeze = RESNET50_STAGES if self.backbone == "resnet50" else 1 + len(self.stage_depths)
+        if not _is_int(self.freeze_stages) or not 0 <= self.freeze_stages <= max_freeze:
+            raise _fail("freeze_stages", self.freeze_stages, f"an integer from 0 to {max_freeze}")
+        if self.weights is not None and not isinstance(self.weights, str):
+            raise _fail("weights", self.weights, "'imagenet', a file path or None")
+        if self.shortcut == "A" and self.backbone == "scratch":
+            # Option A pads the identity with zero channels; it cannot drop channels.
+            channels = [self.stem_width] + [w * self.block_expansion for w in self.stage_widths]
+            if any(b < a for a, b in zip(channels, channels[1:], strict=False)):
+                raise ValueError(
+                    "shortcut='A' (zero-padding identity) needs channels that never decrease "
+                    f"from stage to stage; got stem_width={self.stem_width} then stage outputs "
+                    f"{channels[1:]}. Use shortcut='B' or widen the later stages."
+                )
+
+    @property
+    def block_expansion(self) -> int:
+        """Output channels of a block divided by `stage_widths` (1 for basic blocks)."""
+        return self.expansion if self.block == "bottleneck" else 1
+
+    @property
+    def num_stages(self) -> int:
+        """Number of residual stages (the stem not counted)."""
+        return len(self.stage_depths)
+
+    def replace(self, **changes: Any) -> ResNetConfig:
+        """Returns a copy with `changes` applied (and validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns a JSON-compatible dict (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ResNetConfig:
+        """Builds a config from `to_dict()` output, rejecting unknown fields.
+
+        Raises:
+            ValueError: on an unknown field or an invalid value.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown ResNetConfig field(s) {unknown}. Known fields: {sorted(known)}"
+            )
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> ResNetConfig:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> ResNetConfig:
+        """Returns a named architecture, optionally with fields overridden.
+
+        Args:
+            name: one of `ResNetConfig.preset_names()`: the paper's ImageNet
+                networks `resnet18/34/50/101/152`, its CIFAR networks
+                `resnet20/32/44/56/110`, and the 003 seed's `mini_resnet`.
+            **overrides: any field, e.g. `conv_bias=True`.
+
+        Example:
+            >>> ResNetConfig.preset("resnet50").stage_depths
+            (3, 4, 6, 3)
+        """
+        if name not in PRESETS:
+            raise ValueError(
+                f"Unknown architecture preset {name!r}. Available: {', '.join(PRESETS)}"
+            )
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+    @staticmethod
+    def preset_names() -> list[str]:
+        return list(PRESETS)
+
+
+def _imagenet(block: str, depths: tuple[int, ...]) -> ResNetConfig:
+    # He et al. 2015, Table 1.
+    return ResNetConfig(block=block, stage_depths=depths, stage_widths=(64, 128, 256, 512))
+
+
+def _cifar(n: int) -> ResNetConfig:
+    # He et al. 2015, sec. 4.2: 6n+2 layers, 3 stages of 16/32/64 filters, option A.
+    return ResNetConfig(
+        block="basic",
+        stage_depths=(n, n, n),
+        stage_widths=(16, 32, 64),
+        shortcut="A",
+        stem="cifar",
+        stem_width=16,
+    )
+
+
+PRESETS: dict[str, ResNetConfig] = {
+    "resnet18": _imagenet("basic", (2, 2, 2, 2)),
+    "resnet34": _imagenet("basic", (3, 4, 6, 3)),
+    "resnet50": _imagenet("bottleneck", (3, 4, 6, 3)),
+    "resnet101": _imagenet("bottleneck", (3, 4, 23, 3)),
+    "resnet152": _imagenet("bottleneck", (3, 8, 36, 3)),
+    **{f"resnet{6 * n + 2}": _cifar(n) for n in (3, 5, 7, 9, 18)},
+    # The 003 seed's `mini_resnet`: 3x3/2 stem of 32, six basic blocks
+    # (32 s1 | 64 s2, 64 | 128 s2, 128 | 256 s2), projection shortcuts where the
+    # shape changes, biased convs, GAP -> Dense(10, relu) -> Dense(1, sigmoid).
+    "mini_resnet": ResNetConfig(
+        block="basic",
+        stage_depths=(1, 2, 2, 1),
+        stage_widths=(32, 64, 128, 256),
+        shortcut="B",
+        stem="strided3x3",
+        stem_width=32,
+        conv_bias=True,
+        head_hidden=10,
+        binary_head=True,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Per-trial training settings (kept out of the network config).
+
+    Attributes:
+        optimizer: `"adam"`, `"adamw"`, `"sgd"` (with Nesterov momentum) or `"rmsprop"`.
+        learning_rate: initial learning rate.
+        batch_size: training batch size.
+        epochs: epochs to train when the tuner does not set them.
+        label_smoothing: label smoothing of the cross-entropy loss.
+        weight_decay: decoupled weight decay of the optimizer (0 for none).
+        momentum: momentum for SGD and RMSprop.
+    """
+
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    epochs: int = 10
+    label_smoothing: float = 0.0
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        if not isinstance(self.learning_rate, (int, float)) or not self.learning_rate > 0:
+            raise _fail("learning_rate", self.learning_rate, "a positive number")
+        for name in ("batch_size", "epochs"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise _fail(name, getattr(self, name), "a positive integer")
+        _check_fraction("label_smoothing", self.label_smoothing)
+        _check_fraction("momentum", self.momentum)
+        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+            raise _fail("weight_decay", self.weight_decay, "a non-negative number")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown TrainConfig field(s) {unknown}. Known: {sorted(known)}")
+        return cls(**data)

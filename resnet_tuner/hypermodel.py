@@ -1,0 +1,143 @@
+"""`ResNetHyperModel`: a thin keras-tuner HyperModel over the space and the builder.
+
+`build(hp)` = sample config -> build network -> compile.
+`fit(hp, model, ...)` is where per-trial training choices live (batch size,
+epochs, class weights), as keras-tuner's documentation recommends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import keras_tuner as kt
+import numpy as np
+
+from resnet_tuner.builder import build_resnet
+from resnet_tuner.config import ResNetConfig, TrainConfig
+from resnet_tuner.space import SearchSpace, load_space
+from resnet_tuner.training import compile_model
+
+
+def _is_image_data(x: Any) -> bool:
+    """An `ImageFolder` / `datasets.digits()` object (duck-typed to avoid an import cycle)."""
+    return hasattr(x, "dataset") and hasattr(x, "class_names") and hasattr(x, "arrays")
+
+
+class ResNetHyperModel(kt.HyperModel):
+    """Searches ResNets, augmentation and transfer-freeze depth with any keras-tuner tuner.
+
+    Args:
+        space: a preset name (`"quick"`, `"mini"`, `"paper"`, `"cifar"`,
+            `"transfer"`, `"full"`), a TOML file path, a dict, or a `SearchSpace`.
+        input_shape: `(height, width, channels)` of the images (uint8 0..255).
+            Taken from `data` when omitted.
+        num_classes: number of classes. Taken from `data` when omitted.
+        data: optional `ImageFolder` (or `datasets.digits()`) to read
+            `input_shape` and `num_classes` from.
+        class_weight: `None`, `"balanced"` (scikit-learn's) or a dict
+            `{class_index: weight}` passed to `fit`.
+        name: optional name of the HyperModel.
+
+    Example:
+        >>> hm = ResNetHyperModel("quick", input_shape=(32, 32, 3), num_classes=10)
+        >>> tuner = kt.RandomSearch(hm, objective="val_accuracy", max_trials=3)
+        >>> tuner.search(x_train, y_train, validation_data=(x_val, y_val))
+
+        With an `ImageFolder`, pass the data object itself; its train and
+        validation splits are batched with each trial's batch size:
+
+        >>> tuner.search(data)
+    """
+
+    def __init__(
+        self,
+        space: str | Path | Mapping[str, Any] | SearchSpace = "quick",
+        input_shape: Sequence[int] | None = None,
+        num_classes: int | None = None,
+        *,
+        data: Any = None,
+        class_weight: str | Mapping[int, float] | None = None,
+        name: str | None = None,
+    ):
+        super().__init__(name=name, tunable=True)
+        self.space = load_space(space)
+        if input_shape is None and data is not None:
+            input_shape = data.input_shape
+        if num_classes is None and data is not None:
+            num_classes = data.num_classes
+        if input_shape is None or num_classes is None:
+            raise ValueError(
+                "ResNetHyperModel needs input_shape and num_classes, or data= to read them "
+                f"from. Received: input_shape={input_shape!r}, num_classes={num_classes!r}"
+            )
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.num_classes = int(num_classes)
+        if class_weight not in (None, "balanced") and not isinstance(class_weight, Mapping):
+            raise ValueError(
+                "class_weight must be None, 'balanced' or a dict {class_index: weight}. "
+                f"Received: class_weight={class_weight!r}"
+            )
+        self.class_weight = class_weight
+        # Fail now, not in trial 1: every default of the space must build here.
+        self.configs(kt.HyperParameters())
+
+    def configs(self, hp: kt.HyperParameters) -> tuple[ResNetConfig, TrainConfig]:
+        """The model and training configs of a trial's hyperparameters.
+
+        A `binary_head` in the space means "one sigmoid unit when there are two
+        classes"; with more classes the head is a softmax.
+        """
+        model_cfg, train_cfg = self.space.sample(hp)
+        if model_cfg.binary_head and self.num_classes != 2:
+            model_cfg = model_cfg.replace(binary_head=False)
+        return model_cfg, train_cfg
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        model_cfg, train_cfg = self.configs(hp)
+        model = build_resnet(model_cfg, self.input_shape, self.num_classes)
+        return compile_model(model, train_cfg, self.num_classes)
+
+    def fit(self, hp: kt.HyperParameters, model: keras.Model, x=None, y=None,
+            validation_data=None, **kwargs):
+        """Trains one trial's model with its batch size and epochs.
+
+        `x` may be numpy arrays (with `y`), a `tf.data.Dataset` (rebatched to
+        the trial's batch size) or an `ImageFolder`-like data object (its
+        `train` split, validated on its `val` split unless `validation_data`
+        is given).
+        """
+        import tensorflow as tf
+
+        _, train = self.configs(hp)
+        kwargs.setdefault("epochs", train.epochs)
+        class_weight = self.class_weight
+        if _is_image_data(x):
+            data = x
+            if validation_data is None:
+                validation_data = data.dataset("val", batch_size=train.batch_size, shuffle=False)
+            x = data.dataset("train", batch_size=train.batch_size, shuffle=True)
+            if class_weight == "balanced":
+                class_weight = data.class_weights()
+        elif isinstance(x, tf.data.Dataset):
+            batched = len(x.element_spec[0].shape) == len(self.input_shape) + 1
+            x = x.rebatch(train.batch_size) if batched else x.batch(train.batch_size)
+        else:
+            kwargs.setdefault("batch_size", train.batch_size)
+            if class_weight == "balanced":
+                class_weight = balanced_class_weights(np.asarray(y))
+        if class_weight is not None:
+            kwargs.setdefault("class_weight", dict(class_weight))
+        return model.fit(x, y, validation_data=validation_data, **kwargs)
+
+
+def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
+    """scikit-learn's "balanced" class weights for integer `labels`."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = labels.reshape(-1).astype(int)
+    classes = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=classes, y=labels)
+    return {int(c): float(w) for c, w in zip(classes, weights, strict=True)}

@@ -1,0 +1,77 @@
+"""Optimizer, loss and metrics for a `TrainConfig`: one place, used by the
+HyperModel, by a refit at export time and by the examples."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from resnet_tuner.config import TrainConfig
+from resnet_tuner.layers import PACKAGE
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SparseCategoricalCrossentropyWithSmoothing(keras.losses.Loss):
+    """Cross-entropy for integer labels with label smoothing.
+
+    Keras' `SparseCategoricalCrossentropy` has no `label_smoothing`; this one
+    one-hot encodes inside the loss so datasets keep their integer labels.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "smoothed_sparse_ce", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        num_classes = ops.shape(y_pred)[-1]
+        labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+        one_hot = ops.one_hot(labels, num_classes, dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(
+            one_hot, y_pred, label_smoothing=self.label_smoothing
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
+    """The optimizer `train` names, with decoupled weight decay where set."""
+    decay = train.weight_decay or None
+    lr = train.learning_rate
+    if train.optimizer == "adam":
+        return keras.optimizers.Adam(lr, weight_decay=decay)
+    if train.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=train.weight_decay or 0.004)
+    if train.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=train.momentum, nesterov=True, weight_decay=decay)
+    return keras.optimizers.RMSprop(lr, momentum=train.momentum, weight_decay=decay)
+
+
+def make_loss(train: TrainConfig, binary: bool) -> keras.losses.Loss:
+    if binary:
+        return keras.losses.BinaryCrossentropy(label_smoothing=train.label_smoothing)
+    if train.label_smoothing:
+        return SparseCategoricalCrossentropyWithSmoothing(train.label_smoothing)
+    return keras.losses.SparseCategoricalCrossentropy()
+
+
+def make_metrics(num_classes: int, binary: bool) -> list:
+    """Accuracy, plus top-5 accuracy when there are more than 5 classes."""
+    metrics: list = ["accuracy"]
+    if not binary and num_classes > 5:
+        metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"))
+    return metrics
+
+
+def compile_model(model: keras.Model, train: TrainConfig, num_classes: int) -> keras.Model:
+    """Compiles `model` for integer labels as `train` says; returns it.
+
+    A model whose output has one unit is treated as binary (sigmoid).
+    """
+    binary = model.outputs[0].shape[-1] == 1
+    model.compile(
+        optimizer=make_optimizer(train),
+        loss=make_loss(train, binary),
+        metrics=make_metrics(num_classes, binary),
+    )
+    return model
