@@ -1,0 +1,113 @@
+"""ResNetHyperModel with each of keras-tuner's four tuners, on tiny data."""
+
+import keras
+import keras_tuner as kt
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from resnet_tuner import ResNetHyperModel, build_resnet
+from resnet_tuner.hypermodel import balanced_class_weights
+
+TINY_SPACE = {
+    "model": {"stem": "cifar", "stage_depths": [1, 1], "base_width": [4, 8],
+              "shortcut": ["B", "A"], "block": ["basic", "bottleneck"]},
+    "augment": {"flip": ["none", "horizontal"], "gamma": ["none", [0.5, 0.7]]},
+    "train": {"batch_size": [8, 16], "learning_rate": [0.01], "epochs": 1},
+}
+
+
+def tiny_data(num_classes=3, n=48, size=16, seed=0):
+    """Classes that differ in brightness, so a few steps learn something."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % num_classes
+    x = rng.integers(0, 40, (n, size, size, 3)) + (y * (200 // num_classes))[:, None, None, None]
+    return x.astype(np.uint8), y
+
+
+TUNERS = {
+    "random": lambda hm, d: kt.RandomSearch(hm, objective="val_accuracy", max_trials=2,
+                                            directory=d, seed=1),
+    "bayesian": lambda hm, d: kt.BayesianOptimization(hm, objective="val_accuracy", max_trials=2,
+                                                      num_initial_points=1, directory=d, seed=1),
+    "hyperband": lambda hm, d: kt.Hyperband(hm, objective="val_accuracy", max_epochs=2,
+                                            factor=2, hyperband_iterations=1, directory=d, seed=1),
+    "grid": lambda hm, d: kt.GridSearch(hm, objective="val_accuracy", max_trials=2, directory=d),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TUNERS))
+def test_search_with_each_tuner(kind, tmp_path):
+    x, y = tiny_data()
+    hm = ResNetHyperModel(TINY_SPACE, input_shape=(16, 16, 3), num_classes=3)
+    tuner = TUNERS[kind](hm, str(tmp_path))
+    tuner.search(x, y, validation_data=(x[:12], y[:12]), verbose=0)
+    trials = tuner.oracle.get_best_trials(10)
+    assert len(trials) >= 2
+    assert all(t.status == "COMPLETED" for t in trials)
+    best_hp = tuner.get_best_hyperparameters(1)[0]
+    best = tuner.get_best_models(1)[0]
+    assert best.predict(x[:4], verbose=0).shape == (4, 3)
+    # The best configuration rebuilds from its config alone, without keras-tuner.
+    model_cfg, _ = hm.configs(best_hp)
+    rebuilt = build_resnet(model_cfg, (16, 16, 3), 3)
+    assert rebuilt.count_params() == best.count_params()
+    rebuilt.set_weights(best.get_weights())
+    np.testing.assert_allclose(rebuilt.predict(x[:4], verbose=0),
+                               best.predict(x[:4], verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_binary_sigmoid_head_with_integer_labels(tmp_path):
+    space = {**TINY_SPACE, "model": {**TINY_SPACE["model"], "binary_head": True,
+                                      "head_hidden": 4}}
+    x, y = tiny_data(num_classes=2)
+    hm = ResNetHyperModel(space, input_shape=(16, 16, 3), num_classes=2, class_weight="balanced")
+    tuner = kt.RandomSearch(hm, objective="val_accuracy", max_trials=1, directory=str(tmp_path))
+    tuner.search(x, y, validation_data=(x[:8], y[:8]), verbose=0)
+    best = tuner.get_best_models(1)[0]
+    assert best.output_shape == (None, 1)
+    assert best.loss.__class__.__name__ == "BinaryCrossentropy"
+    # With three classes the same space falls back to a softmax head.
+    hm3 = ResNetHyperModel(space, input_shape=(16, 16, 3), num_classes=3)
+    assert hm3.build(kt.HyperParameters()).output_shape == (None, 3)
+
+
+def test_fit_takes_a_tf_data_dataset_and_rebatches_it():
+    x, y = tiny_data()
+    hm = ResNetHyperModel(TINY_SPACE, input_shape=(16, 16, 3), num_classes=3)
+    hp = kt.HyperParameters()
+    hp.values["batch_size"] = 16
+    model = hm.build(hp)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(5)
+    history = hm.fit(hp, model, dataset, verbose=0)
+    assert len(history.history["loss"]) == 1  # the space's epochs = 1
+
+
+def test_label_smoothing_and_top5_metric():
+    space = {**TINY_SPACE, "train": {**TINY_SPACE["train"], "label_smoothing": 0.1}}
+    hm = ResNetHyperModel(space, input_shape=(16, 16, 3), num_classes=7)
+    model = hm.build(kt.HyperParameters())
+    x, y = tiny_data(num_classes=7, n=14)
+    logs = model.fit(x, y, epochs=1, verbose=0).history
+    assert "top5_accuracy" in logs and np.isfinite(logs["loss"][0])
+
+
+def test_hypermodel_argument_errors():
+    with pytest.raises(ValueError, match="needs input_shape and num_classes"):
+        ResNetHyperModel("quick")
+    with pytest.raises(ValueError, match="class_weight must be None, 'balanced' or a dict"):
+        ResNetHyperModel("quick", input_shape=(32, 32, 3), num_classes=10, class_weight="auto")
+
+
+def test_balanced_class_weights():
+    weights = balanced_class_weights(np.array([0, 0, 0, 1]))
+    assert weights == pytest.approx({0: 4 / 6, 1: 2.0})
+
+
+def test_every_space_builds_its_default_model_at_its_scale():
+    """`quick` and `cifar` are for small images; both build and run at 32x32."""
+    for name in ("quick", "cifar"):
+        hm = ResNetHyperModel(name, input_shape=(32, 32, 3), num_classes=10)
+        model = hm.build(kt.HyperParameters())
+        assert isinstance(model, keras.Model)
+        assert model.predict(np.zeros((1, 32, 32, 3), np.uint8), verbose=0).shape == (1, 10)
