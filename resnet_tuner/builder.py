@@ -35,7 +35,9 @@ def _conv(x, filters: int, kernel: int, strides: int, cfg: ResNetConfig, name: s
 
 
 def _bn(x, cfg: ResNetConfig, name: str):
-    return layers.BatchNormalization(epsilon=cfg.bn_epsilon, name=name)(x)
+    return layers.BatchNormalization(
+        momentum=cfg.bn_momentum, epsilon=cfg.bn_epsilon, name=name
+    )(x)
 
 
 def _relu(x, name: str):

@@ -83,6 +83,10 @@ class ResNetConfig:
             before BatchNormalization is redundant. keras.applications.ResNet50
             and the 003 seed keep it.
         bn_epsilon: BatchNormalization epsilon.
+        bn_momentum: BatchNormalization moving-average momentum. 0.9 (PyTorch's
+            and timm's 0.1 in their convention), not Keras' 0.99: a search
+            trains each model for few steps, and with 0.99 the moving
+            statistics are still far from the data when validation runs.
         dropout: dropout rate before the classifier.
         head_hidden: units of an optional hidden ReLU dense layer in the head
             (0 for none; the 003 seed uses 10).
@@ -112,6 +116,7 @@ class ResNetConfig:
     preactivation: bool = False
     conv_bias: bool = False
     bn_epsilon: float = 1e-3
+    bn_momentum: float = 0.9
     dropout: float = 0.0
     head_hidden: int = 0
     binary_head: bool = False
@@ -156,6 +161,7 @@ class ResNetConfig:
         if not isinstance(self.bn_epsilon, (int, float)) or self.bn_epsilon <= 0:
             raise _fail("bn_epsilon", self.bn_epsilon, "a positive number")
         _check_fraction("dropout", self.dropout)
+        _check_fraction("bn_momentum", self.bn_momentum)
         _check_fraction("shift", self.shift)
         if self.gamma is not None:
             g = self.gamma

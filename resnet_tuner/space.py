@@ -93,6 +93,7 @@ SCHEMA: dict[str, dict[str, Kind]] = {
         "preactivation": Kind("bool"),
         "conv_bias": Kind("bool"),
         "bn_epsilon": Kind("float", low=1e-9, high=1.0),
+        "bn_momentum": Kind("float", low=0.0, high=0.999),
         "dropout": Kind("float", low=0.0, high=0.95),
         "head_hidden": Kind("int", low=0, high=16384),
         "binary_head": Kind("bool"),
@@ -394,7 +395,8 @@ class SearchSpace:
         preset = self._value(hp, "model", "preset")
         base = ResNetConfig.preset(preset) if preset else ResNetConfig()
         out: dict[str, Any] = {}
-        for name in ("stem", "shortcut", "preactivation", "conv_bias", "bn_epsilon"):
+        plain = ("stem", "shortcut", "preactivation", "conv_bias", "bn_epsilon", "bn_momentum")
+        for name in plain:
             out[name] = self._value(hp, "model", name, getattr(base, name))
         block = self._value(hp, "model", "block", base.block)
         out["block"] = block
