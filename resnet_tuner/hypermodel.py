@@ -18,7 +18,7 @@ import numpy as np
 from resnet_tuner.builder import build_resnet
 from resnet_tuner.config import ResNetConfig, TrainConfig
 from resnet_tuner.space import SearchSpace, load_space
-from resnet_tuner.training import compile_model
+from resnet_tuner.training import compile_model, schedule_callbacks
 
 
 def _is_image_data(x: Any) -> bool:
@@ -130,6 +130,9 @@ class ResNetHyperModel(kt.HyperModel):
                 class_weight = balanced_class_weights(np.asarray(y))
         if class_weight is not None:
             kwargs.setdefault("class_weight", dict(class_weight))
+        kwargs["callbacks"] = [
+            *kwargs.get("callbacks", []), *schedule_callbacks(train, kwargs["epochs"])
+        ]
         return model.fit(x, y, validation_data=validation_data, **kwargs)
 
 

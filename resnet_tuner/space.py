@@ -35,6 +35,7 @@ from resnet_tuner.config import (
     BACKBONES,
     BLOCK_TYPES,
     FLIP_MODES,
+    LR_SCHEDULES,
     OPTIMIZERS,
     PRESETS,
     RESNET50_STAGES,
@@ -115,6 +116,7 @@ SCHEMA: dict[str, dict[str, Kind]] = {
         "label_smoothing": Kind("float", low=0.0, high=0.5),
         "weight_decay": Kind("float", low=0.0, high=1.0),
         "momentum": Kind("float", low=0.0, high=0.999),
+        "lr_schedule": Kind("str", LR_SCHEDULES),
     },
 }
 TOP_LEVEL_KEYS = ("description",)
@@ -383,7 +385,8 @@ class SearchSpace:
         train: dict[str, Any] = {}
         optimizer = self._value(hp, "train", "optimizer", "adam")
         train["optimizer"] = optimizer
-        for name in ("learning_rate", "batch_size", "epochs", "label_smoothing", "weight_decay"):
+        for name in ("learning_rate", "batch_size", "epochs", "label_smoothing", "weight_decay",
+                     "lr_schedule"):
             if name in self.fields["train"]:
                 train[name] = self._value(hp, "train", name)
         with self._scope(hp, "train", "optimizer", ["sgd", "rmsprop"]):

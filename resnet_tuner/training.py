@@ -3,6 +3,8 @@ HyperModel, by a refit at export time and by the examples."""
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import ops
 
@@ -75,3 +77,43 @@ def compile_model(model: keras.Model, train: TrainConfig, num_classes: int) -> k
         metrics=make_metrics(num_classes, binary),
     )
     return model
+
+
+class CosineDecayPerStep(keras.callbacks.Callback):
+    """Cosine learning-rate decay over the whole training run, updated every step.
+
+    The schedule is set per trial in `fit`, where the number of epochs is known
+    (Hyperband gives each round its own), rather than compiled into the
+    optimizer at build time. A trial resumed at `initial_epoch` continues the
+    curve where it left off. It decays to `final_fraction` of the initial rate.
+
+    Args:
+        initial_rate: learning rate at step 0.
+        epochs: total epochs of the run the curve spans.
+        final_fraction: the rate at the last step, as a fraction of the first.
+    """
+
+    def __init__(self, initial_rate: float, epochs: int, final_fraction: float = 0.01):
+        super().__init__()
+        self.initial_rate = float(initial_rate)
+        self.epochs = max(1, int(epochs))
+        self.final_fraction = final_fraction
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        steps = self.params.get("steps")  # None for data of unknown length
+        within = batch / steps if steps else 0.0
+        progress = min(1.0, (self._epoch + within) / self.epochs)
+        cosine = 0.5 * (1 + math.cos(math.pi * progress))
+        rate = self.initial_rate * (self.final_fraction + (1 - self.final_fraction) * cosine)
+        self.model.optimizer.learning_rate.assign(rate)
+
+
+def schedule_callbacks(train: TrainConfig, epochs: int) -> list[keras.callbacks.Callback]:
+    """The learning-rate callbacks of `train` for a run of `epochs` epochs."""
+    if train.lr_schedule == "cosine":
+        return [CosineDecayPerStep(train.learning_rate, epochs)]
+    return []

@@ -111,3 +111,21 @@ def test_every_space_builds_its_default_model_at_its_scale():
         model = hm.build(kt.HyperParameters())
         assert isinstance(model, keras.Model)
         assert model.predict(np.zeros((1, 32, 32, 3), np.uint8), verbose=0).shape == (1, 10)
+
+
+def test_cosine_schedule_decays_over_the_trial_and_resumes_mid_curve():
+    from resnet_tuner.training import CosineDecayPerStep
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    schedule = CosineDecayPerStep(0.1, epochs=4)
+    schedule.set_model(model)
+    schedule.set_params({"steps": 10})
+    rates = {}
+    for epoch, batch in [(0, 0), (2, 0), (3, 9)]:
+        schedule.on_epoch_begin(epoch)
+        schedule.on_train_batch_begin(batch)
+        rates[epoch, batch] = float(model.optimizer.learning_rate.numpy())
+    assert rates[0, 0] == pytest.approx(0.1)
+    assert rates[2, 0] == pytest.approx(0.1 * (0.01 + 0.99 * 0.5))  # half way: half the rate
+    assert rates[3, 9] < 0.003
