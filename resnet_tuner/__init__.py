@@ -7,14 +7,20 @@ Example:
     >>> tuner = kt.Hyperband(hm, objective="val_accuracy", max_epochs=10)
 """
 
+from resnet_tuner import datasets
 from resnet_tuner.builder import build_resnet, freeze_stages
 from resnet_tuner.config import ResNetConfig, TrainConfig
+from resnet_tuner.data import ImageData, ImageFolder, load_image
 from resnet_tuner.hypermodel import ResNetHyperModel
 from resnet_tuner.space import SearchSpace, SpaceError, available_spaces, load_space
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ImageData",
+    "ImageFolder",
+    "datasets",
+    "load_image",
     "ResNetConfig",
     "ResNetHyperModel",
     "SearchSpace",

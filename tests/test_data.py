@@ -1,0 +1,294 @@
+"""ImageFolder and datasets.digits: layouts, stratification, bad files, errors, cache."""
+
+import json
+import os
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from resnet_tuner import ImageFolder, datasets, load_image
+from resnet_tuner import data as data_module
+
+
+def write_image(path, size=(24, 20), value=None, channels=3, dtype=np.uint8, ext=None):
+    """Writes a small image with OpenCV's encoder through bytes (works for any path)."""
+    rng = np.random.default_rng(abs(hash(str(path))) % 2**32)
+    h, w = size
+    high = 65535 if dtype == np.uint16 else 255
+    shape = (h, w) if channels == 1 else (h, w, channels)
+    image = rng.integers(0, high, shape).astype(dtype) if value is None else np.full(
+        shape, value, dtype
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buffer = cv2.imencode(ext or path.suffix, image)
+    assert ok
+    path.write_bytes(buffer.tobytes())
+    return path
+
+
+def make_folder(root, classes=("cat", "dog", "fox"), per_class=10, ext=".jpg"):
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            write_image(root / name / f"{name} {i}{ext}", value=40 * c + i)
+    return root
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return tmp_path / "cache"
+
+
+def test_class_folders_split_stratified(tmp_path, cache):
+    root = make_folder(tmp_path / "pets", per_class=20)
+    data = ImageFolder(root, image_size=(16, 16), split=(0.6, 0.2, 0.2), seed=0,
+                       cache_dir=cache, verbose=0)
+    assert data.class_names == ["cat", "dog", "fox"] and data.num_classes == 3
+    for split, fraction in zip(("train", "val", "test"), (0.6, 0.2, 0.2), strict=True):
+        for name, n in data.counts[split].items():
+            assert abs(n - 20 * fraction) <= 1, (split, name, n)
+    x, y = data.arrays("train")
+    assert x.shape == (36, 16, 16, 3) and x.dtype == np.uint8
+    assert set(y.tolist()) == {0, 1, 2}
+    files = [set(data.split_files(s)) for s in ("train", "val", "test")]
+    assert not (files[0] & files[1]) and not (files[0] & files[2]) and not (files[1] & files[2])
+    assert sum(map(len, files)) == 60
+    images, labels = next(iter(data.dataset("train", batch_size=8)))
+    assert images.dtype.name == "uint8" and labels.dtype.name == "int32"
+    assert tuple(images.shape) == (8, 16, 16, 3)
+    assert data.input_shape == (16, 16, 3)
+
+
+def test_other_seed_gives_other_split_and_same_seed_the_same(tmp_path, cache):
+    root = make_folder(tmp_path / "pets", per_class=10)
+    a = ImageFolder(root, image_size=16, seed=0, cache_dir=cache, verbose=0)
+    b = ImageFolder(root, image_size=16, seed=0, cache_dir=cache, verbose=0)
+    c = ImageFolder(root, image_size=16, seed=1, cache_dir=cache, verbose=0)
+    assert a.split_files("test") == b.split_files("test")
+    assert a.split_files("test") != c.split_files("test")
+
+
+def test_presplit_layout_is_used_as_given(tmp_path, cache):
+    root = tmp_path / "voc"
+    for split, n in (("train", 6), ("validation", 2), ("test", 3)):
+        for name in ("car", "dog"):
+            for i in range(n):
+                write_image(root / split / name / f"{i}.png")
+    data = ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
+    assert data.split == "given"
+    assert data.counts == {"train": {"car": 6, "dog": 6}, "val": {"car": 2, "dog": 2},
+                           "test": {"car": 3, "dog": 3}}
+    assert all(f.startswith("test") for f in data.split_files("test"))
+
+
+def test_presplit_class_missing_from_a_split_is_named(tmp_path, cache):
+    root = tmp_path / "voc"
+    for split in ("train", "val", "test"):
+        for name in ("car", "dog"):
+            if not (split == "val" and name == "dog"):
+                write_image(root / split / name / "0.jpg")
+    with pytest.raises(ValueError, match=r"\['dog'\] are missing from the 'val' split"):
+        ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
+
+
+def test_bad_files_are_skipped_with_reasons_and_one_warning(tmp_path, cache):
+    root = make_folder(tmp_path / "pets", classes=("cat", "dog"), per_class=6)
+    good = (root / "cat" / "cat 0.jpg").read_bytes()
+    (root / "cat" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (root / "cat" / "empty.jpg").write_bytes(b"")
+    (root / "cat" / "notes.jpg").write_text("this is not an image")
+    (root / "cat" / "readme.txt").write_text("hello")
+    (root / "cat" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    write_image(root / "dog" / "tiny.png", size=(3, 3))
+    write_image(root / "dog" / "alpha.png", channels=4)
+    write_image(root / "dog" / "deep.png", dtype=np.uint16)
+    write_image(root / "dog" / "gray.png", channels=1)
+    write_image(root / "猫" / "咪咪.jpg")
+    write_image(root / "猫" / "小 花.jpg")
+    write_image(root / "猫" / "三.jpg")
+    (root / "loose.jpg").write_bytes(good)
+    with pytest.warns(UserWarning, match=r"Skipped 7 file\(s\)") as caught:
+        data = ImageFolder(root, image_size=16, split=(0.34, 0.33, 0.33), cache_dir=cache,
+                           verbose=0)
+    assert len([w for w in caught if "Skipped" in str(w.message)]) == 1
+    reasons = {os.path.basename(p): r for p, r in data.skipped}
+    assert reasons["truncated.jpg"].startswith("truncated")
+    assert reasons["empty.jpg"].startswith("empty file")
+    assert reasons["notes.jpg"] == "not a decodable image"
+    assert reasons["readme.txt"].startswith("not an image file extension")
+    assert reasons[".DS_Store"] == "hidden file"
+    assert reasons["tiny.png"].startswith("too small")
+    assert reasons["loose.jpg"] == "not in a class folder"
+    assert data.class_names == ["cat", "dog", "猫"]
+    assert data.counts["train"]["dog"] + data.counts["val"]["dog"] + data.counts["test"][
+        "dog"] == 9  # 6 + alpha + 16-bit + gray
+    names = {os.path.basename(f) for s in ("train", "val", "test") for f in data.split_files(s)}
+    assert {"咪咪.jpg", "小 花.jpg", "alpha.png", "deep.png", "gray.png"} <= names
+
+
+def test_decoding_converts_every_kind_to_rgb_uint8(tmp_path):
+    alpha = np.zeros((10, 10, 4), np.uint8)  # fully transparent black -> white
+    cv2.imwrite(str(tmp_path / "a.png"), alpha)
+    np.testing.assert_array_equal(load_image(tmp_path / "a.png", 10), 255)
+    deep = np.full((10, 10, 3), 65535, np.uint16)
+    cv2.imwrite(str(tmp_path / "d.png"), deep)
+    np.testing.assert_array_equal(load_image(tmp_path / "d.png", 10), 255)
+    bgr = np.zeros((10, 10, 3), np.uint8)
+    bgr[:, :, 0] = 255  # blue in OpenCV's order
+    cv2.imwrite(str(tmp_path / "b.png"), bgr)
+    rgb = load_image(tmp_path / "b.png", (4, 6))
+    assert rgb.shape == (4, 6, 3) and rgb[0, 0].tolist() == [0, 0, 255]
+    gray = load_image(write_image(tmp_path / "g.png", channels=1), (8, 8))
+    assert gray.shape == (8, 8, 3)
+    assert np.array_equal(gray[..., 0], gray[..., 1])
+
+
+@pytest.mark.parametrize("resize", ["stretch", "crop", "pad"])
+def test_resize_modes_keep_or_stretch_aspect(tmp_path, resize):
+    image = np.full((20, 40, 3), 200, np.uint8)
+    cv2.imwrite(str(tmp_path / "wide.png"), image)
+    out = load_image(tmp_path / "wide.png", (10, 10), resize=resize)
+    assert out.shape == (10, 10, 3)
+    if resize == "pad":  # letterbox: black bars above and below
+        assert out[0].max() == 0 and out[5].min() == 200
+    else:
+        assert out.min() == 200
+
+
+@pytest.mark.parametrize(
+    "setup, kwargs, error, message",
+    [
+        ("missing", {}, FileNotFoundError, "Image folder not found: .*nowhere"),
+        ("one_class", {}, ValueError, "needs at least two class subfolders.*only 'cat'"),
+        ("no_class", {}, ValueError, "needs at least two class subfolders.*found none"),
+        ("empty_class", {}, ValueError, r"Class folder\(s\) \['dog'\] contain no usable images"),
+        ("small_class", {}, ValueError,
+         r"too few images to split .*\{'dog': 2\}; each class needs at least 10"),
+        ("ok", {"split": (0.8, 0.3, 0.1)}, ValueError,
+         r"split fractions must sum to 1. Received: split=\(0.8, 0.3, 0.1\)"),
+        ("ok", {"split": (1.0, 0.0, 0.0)}, ValueError, "three positive fractions"),
+        ("ok", {"image_size": (0, 16)}, ValueError, r"image_size must be .*\(0, 16\)"),
+        ("ok", {"resize": "zoom"}, ValueError, "resize must be one of"),
+    ],
+)
+def test_error_messages_name_path_class_and_numbers(tmp_path, cache, setup, kwargs, error,
+                                                    message):
+    root = tmp_path / "pets"
+    if setup == "missing":
+        root = tmp_path / "nowhere"
+    elif setup == "one_class":
+        make_folder(root, classes=("cat",), per_class=3)
+    elif setup == "no_class":
+        root.mkdir()
+        write_image(root / "a.jpg")
+    elif setup == "empty_class":
+        make_folder(root, classes=("cat",), per_class=10)
+        (root / "dog").mkdir()
+        (root / "dog" / "broken.jpg").write_bytes(b"")
+    elif setup == "small_class":
+        make_folder(root, classes=("cat",), per_class=10)
+        make_folder(root, classes=("dog",), per_class=2)
+    else:
+        make_folder(root, per_class=10)
+    with pytest.raises(error, match=message):
+        ImageFolder(root, cache_dir=cache, verbose=0, **{"image_size": 16, **kwargs})
+
+
+def test_manifest_round_trip(tmp_path, cache):
+    root = make_folder(tmp_path / "pets", per_class=10)
+    data = ImageFolder(root, image_size=(16, 12), seed=3, cache_dir=cache, verbose=0)
+    path = data.write_manifest(tmp_path / "run" / "manifest.json")
+    manifest = json.loads(path.read_text())
+    assert manifest["image_size"] == [16, 12] and manifest["class_names"] == data.class_names
+    again = ImageFolder.from_manifest(path, cache_dir=cache, verbose=0)
+    for split in ("train", "val", "test"):
+        assert again.split_files(split) == data.split_files(split)
+        np.testing.assert_array_equal(again.arrays(split)[0], data.arrays(split)[0])
+        np.testing.assert_array_equal(again.labels(split), data.labels(split))
+    assert again.manifest()["files"] == manifest["files"]
+    # A file the manifest needs has gone: say which.
+    os.remove(root / data.split_files("test")[0])
+    with pytest.raises(FileNotFoundError, match="The manifest lists .* \\(test split\\)"):
+        ImageFolder.from_manifest(path, cache_dir=cache, verbose=0)
+
+
+def test_cache_is_reused_and_invalidated(tmp_path, cache, monkeypatch):
+    root = make_folder(tmp_path / "pets", per_class=10)
+    first = ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
+    calls = []
+    real = data_module.load_image
+    monkeypatch.setattr(data_module, "load_image",
+                        lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    second = ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
+    assert calls == []  # warm: nothing decoded
+    np.testing.assert_array_equal(first.arrays("train")[0], second.arrays("train")[0])
+    ImageFolder(root, image_size=20, cache_dir=cache, verbose=0)
+    assert len(calls) == 30  # another size is another cache
+    calls.clear()
+    time.sleep(0.01)
+    write_image(root / "cat" / "cat 0.jpg", value=7)  # modified file
+    ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
+    assert len(calls) == 30
+    calls.clear()
+    write_image(root / "dog" / "new.jpg")  # added file
+    ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
+    assert len(calls) == 31
+    assert len(list(cache.glob("images-*"))) == 4
+    assert not list(cache.glob(".images-*"))  # no half-written caches left behind
+
+
+def test_cache_disabled_keeps_images_in_memory(tmp_path):
+    root = make_folder(tmp_path / "pets", per_class=10)
+    data = ImageFolder(root, image_size=16, cache_dir=False, verbose=0)
+    assert isinstance(data._images, np.ndarray)
+
+
+def test_batches_stream_from_the_cache_file(tmp_path, cache):
+    root = make_folder(tmp_path / "pets", per_class=10)
+    data = ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
+    assert str(data._images).endswith("images.npy")  # read by row, never loaded whole
+    x, y = data.arrays("val")
+    streamed_x, streamed_y = zip(*data.dataset("val", batch_size=4), strict=True)
+    np.testing.assert_array_equal(np.concatenate([b.numpy() for b in streamed_x]), x)
+    np.testing.assert_array_equal(np.concatenate([b.numpy() for b in streamed_y]), y)
+    epoch1 = np.concatenate([b.numpy() for _, b in data.dataset("train", batch_size=30)])
+    epoch2_ds = data.dataset("train", batch_size=30)
+    first, second = [np.concatenate([b.numpy() for _, b in epoch2_ds]) for _ in range(2)]
+    assert sorted(epoch1) == sorted(first) and not np.array_equal(first, second)
+
+
+def test_class_weights_are_balanced(tmp_path, cache):
+    root = tmp_path / "pets"
+    make_folder(root, classes=("cat",), per_class=30)
+    make_folder(root, classes=("dog",), per_class=10)
+    data = ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
+    weights = data.class_weights()
+    n = len(data.labels("train"))
+    for c, count in enumerate(np.bincount(data.labels("train"))):
+        assert weights[c] == pytest.approx(n / (2 * count))
+
+
+def test_folds_are_stratified_and_leave_test_alone(tmp_path, cache):
+    root = make_folder(tmp_path / "pets", per_class=20)
+    data = ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
+    folds = list(data.folds(3))
+    assert len(folds) == 3
+    seen_val = []
+    for fold in folds:
+        assert fold.split_files("test") == data.split_files("test")
+        assert set(fold.counts["val"].values()) <= {5, 6}
+        seen_val += fold.split_files("val")
+    assert sorted(seen_val) == sorted(data.split_files("train") + data.split_files("val"))
+    with pytest.raises(ValueError, match="folds needs an integer k from 2 to 18"):
+        list(data.folds(40))
+
+
+def test_digits_is_a_real_stratified_dataset():
+    data = datasets.digits(image_size=(32, 32), seed=0)
+    assert data.class_names == [str(i) for i in range(10)]
+    sizes = {s: len(data.labels(s)) for s in ("train", "val", "test")}
+    assert sizes == {"train": 1437, "val": 180, "test": 180}
+    assert all(n == 18 for n in data.counts["test"].values())
+    x, _ = data.arrays("test")
+    assert x.shape == (180, 32, 32, 3) and x.dtype == np.uint8 and x.max() > 200
