@@ -11,6 +11,7 @@ from resnet_tuner import datasets
 from resnet_tuner.builder import build_resnet, freeze_stages
 from resnet_tuner.config import ResNetConfig, TrainConfig
 from resnet_tuner.data import ImageData, ImageFolder, load_image
+from resnet_tuner.export import export_best, export_model, load_bundle
 from resnet_tuner.hypermodel import ResNetHyperModel
 from resnet_tuner.space import SearchSpace, SpaceError, available_spaces, load_space
 
@@ -20,6 +21,9 @@ __all__ = [
     "ImageData",
     "ImageFolder",
     "datasets",
+    "export_best",
+    "export_model",
+    "load_bundle",
     "load_image",
     "ResNetConfig",
     "ResNetHyperModel",

@@ -131,9 +131,41 @@ class ResNetHyperModel(kt.HyperModel):
         if class_weight is not None:
             kwargs.setdefault("class_weight", dict(class_weight))
         kwargs["callbacks"] = [
-            *kwargs.get("callbacks", []), *schedule_callbacks(train, kwargs["epochs"])
+            *kwargs.get("callbacks", []),
+            *schedule_callbacks(train, kwargs["epochs"]),
+            FailOnNaN(),
         ]
-        return model.fit(x, y, validation_data=validation_data, **kwargs)
+        try:
+            return model.fit(x, y, validation_data=validation_data, **kwargs)
+        except (tf.errors.ResourceExhaustedError, MemoryError) as err:
+            # Recorded as a FAILED trial with this reason; the search goes on.
+            raise kt.errors.FailedTrialError(
+                f"out of memory training {model.name} ({model.count_params():,} parameters, "
+                f"batch size {train.batch_size}): {str(err).splitlines()[0][:300]}"
+            ) from err
+
+
+class FailOnNaN(keras.callbacks.Callback):
+    """Fails the trial (status FAILED, with the reason) when the loss becomes NaN or inf.
+
+    keras.callbacks.TerminateOnNaN only stops training, and the tuner would
+    record the diverged model's metrics as a result.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            raise kt.errors.FailedTrialError(
+                f"loss became {float(loss)} at epoch {self.epoch + 1}, batch {batch + 1} "
+                "(diverged: try a lower learning rate)"
+            )
 
 
 def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:

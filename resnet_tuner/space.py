@@ -310,6 +310,36 @@ class SearchSpace:
                     f"for example with {values}"
                 ) from err
 
+    def override(self, section: str, **values: Any) -> SearchSpace:
+        """A copy of the space with fields of `section` fixed (or re-specified).
+
+        Values take the same forms as in a file (value, list of choices, range
+        dict) and are validated the same way, e.g.
+        `space.override("train", batch_size=64, epochs=5)`.
+
+        Raises:
+            SpaceError: unknown section or field, or an invalid value.
+        """
+        if section not in SCHEMA:
+            raise SpaceError(f"{self.source}: unknown section [{section}]; use {sorted(SCHEMA)}")
+        parser = _FieldParser(f"{self.source} (override)")
+        clone = object.__new__(SearchSpace)
+        clone.__dict__.update(self.__dict__)
+        clone.fields = {s: dict(f) for s, f in self.fields.items()}
+        for name, value in values.items():
+            if name not in SCHEMA[section]:
+                raise SpaceError(f"{self.source}: unknown field {name!r} in [{section}]")
+            clone.fields[section][name] = parser.field(
+                f"[{section}] {name}", SCHEMA[section][name], value
+            )
+        clone._check_consistency()
+        return clone
+
+    def fixed_value(self, section: str, name: str, default: Any = None) -> Any:
+        """The value of a field that is fixed, else `default`."""
+        spec = self.fields[section].get(name)
+        return spec.value if isinstance(spec, Fixed) else default
+
     def _widths_fixed(self) -> bool:
         return isinstance(self.fields["model"].get("stage_widths"), Fixed)
 

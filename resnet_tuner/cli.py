@@ -1,0 +1,279 @@
+"""`resnet-tuner`: search, export, predict, report and demo from the command line.
+
+Bad arguments and bad input exit with code 2 and a one-line message, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _split(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected three fractions like 0.8,0.1,0.1, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    from resnet_tuner.search import TUNERS
+
+    parser.add_argument("--space", default="quick",
+                        help="search space: a preset (quick, mini, paper, cifar, transfer, full) "
+                             "or a .toml file (default: quick)")
+    parser.add_argument("--tuner", default="hyperband", choices=TUNERS,
+                        help="keras-tuner algorithm (default: hyperband)")
+    parser.add_argument("--max-trials", type=_positive_int, default=10,
+                        help="number of trials (default: 10)")
+    parser.add_argument("--epochs", type=_positive_int, default=None,
+                        help="epochs per trial, Hyperband's max epochs (default: the space's)")
+    parser.add_argument("--image-size", type=_positive_int, default=64,
+                        help="images are resized to SIZE x SIZE (default: 64)")
+    parser.add_argument("--batch-size", type=_positive_int, default=None,
+                        help="batch size (default: the space's choice)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split and the tuner")
+    parser.add_argument("--split", type=_split, default=(0.8, 0.1, 0.1),
+                        help="train,val,test fractions for a folder of class subfolders "
+                             "(default: 0.8,0.1,0.1)")
+    parser.add_argument("--resize", choices=("stretch", "crop", "pad"), default="stretch",
+                        help="how images are fitted to the size (default: stretch)")
+    parser.add_argument("--max-params", type=_positive_int, default=None,
+                        help="trials whose model has more parameters fail (default: no cap)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over instead of resuming the run in --out")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resnet-tuner",
+        description="Find the best ResNet for a folder of images with Keras Tuner, "
+                    "and export it as a bundle you can load and serve.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    search = commands.add_parser(
+        "search", help="search ResNets on an image folder, then export the best",
+        description="Search ResNet architectures, augmentation and training settings on "
+                    "DATA_DIR (one subfolder per class, or train/ val/ test/), then export "
+                    "the best model to OUT/best. Run the same command again to resume.",
+    )
+    search.add_argument("data_dir", metavar="DATA_DIR",
+                        help="image folder, or 'digits' for scikit-learn's bundled digits")
+    search.add_argument("--out", required=True, help="run directory (e.g. runs/pets)")
+    _add_search_arguments(search)
+
+    export = commands.add_parser(
+        "export", help="export the best model of a run again",
+        description="Write the export bundle of RUN_DIR's best trial to DIR.",
+    )
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("--to", required=True, metavar="DIR", help="bundle directory")
+    export.add_argument("--refit", action="store_true",
+                        help="retrain the best configuration on train+val first")
+
+    predict = commands.add_parser(
+        "predict", help="classify images with an exported bundle",
+        description="Print the class and probability of each image (files or folders), "
+                    "preprocessed the way the bundle's model was trained.",
+    )
+    predict.add_argument("bundle", metavar="BUNDLE")
+    predict.add_argument("images", metavar="IMAGE_OR_DIR", nargs="+")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.add_argument("--top", type=_positive_int, default=1, help="classes per image")
+
+    report = commands.add_parser(
+        "report", help="write an HTML report of a run",
+        description="Write RUN_DIR/report/index.html with plots of the search and the best "
+                    "model, and the table of trials.",
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--to", default=None, help="report folder (default: RUN_DIR/report)")
+
+    demo = commands.add_parser(
+        "demo", help="a real search on the bundled digits dataset (a few minutes on a CPU)",
+        description="Search the quick space on scikit-learn's bundled handwritten digits "
+                    "(1,797 images, 10 classes), export the best model and print its test "
+                    "accuracy.",
+    )
+    demo.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    demo.add_argument("--max-trials", type=_positive_int, default=4)
+    demo.add_argument("--epochs", type=_positive_int, default=8)
+    demo.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def _options(args, data_dir: str):
+    from resnet_tuner.search import SearchOptions
+
+    return SearchOptions(
+        data_dir=data_dir, out=args.out, space=args.space, tuner=args.tuner,
+        max_trials=args.max_trials, epochs=args.epochs, image_size=args.image_size,
+        batch_size=args.batch_size, seed=args.seed, split=args.split, resize=args.resize,
+        max_params=args.max_params, overwrite=args.overwrite,
+    )
+
+
+def _search_and_export(options) -> tuple:
+    from resnet_tuner.export import export_best
+    from resnet_tuner.search import run_search
+
+    started = time.time()
+    tuner, data = run_search(options)
+    bundle = export_best(tuner, Path(options.out) / "best", data=data)
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    return bundle, metrics, time.time() - started
+
+
+def cmd_search(args) -> int:
+    bundle, metrics, seconds = _search_and_export(_options(args, args.data_dir))
+    print(f"best model exported to {bundle}: test accuracy {100 * metrics['accuracy']:.2f} % "
+          f"({seconds:.0f} s)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from resnet_tuner.search import DIGITS, SearchOptions
+
+    options = SearchOptions(
+        data_dir=DIGITS, out=args.out, space="quick", tuner="random",
+        max_trials=args.max_trials, epochs=args.epochs, image_size=32, overwrite=args.overwrite,
+    )
+    print(f"demo: {options.max_trials} trials of the quick space on scikit-learn's digits "
+          f"(32x32), {options.epochs} epochs each; run directory {options.out}")
+    bundle, metrics, seconds = _search_and_export(options)
+    print(f"demo done in {seconds / 60:.1f} min: test accuracy {100 * metrics['accuracy']:.2f} % "
+          f"on {metrics['images']} held-out images; bundle in {bundle}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from resnet_tuner.export import export_best
+    from resnet_tuner.search import load_run
+
+    tuner, data, _ = load_run(args.run_dir)
+    bundle = export_best(tuner, args.to, data=data, refit=args.refit)
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    print(f"exported to {bundle}: test accuracy {100 * metrics['accuracy']:.2f} %")
+    return 0
+
+
+def _image_paths(items: list[str]) -> list[Path]:
+    from resnet_tuner.data import IMAGE_EXTENSIONS
+
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            paths += sorted(p for p in path.rglob("*")
+                            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise CLIError(f"no such image or folder: {item}")
+    return paths
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from resnet_tuner.data import ImageError, load_image
+    from resnet_tuner.export import class_probabilities, load_bundle
+
+    bundle = load_bundle(args.bundle)
+    size = tuple(bundle["config"]["image_size"])
+    resize = bundle["config"].get("resize", "stretch")
+    rows, images = [], []
+    for path in _image_paths(args.images):
+        try:
+            images.append(load_image(path, size, resize))
+            rows.append({"image": str(path)})
+        except ImageError as err:
+            rows.append({"image": str(path), "error": str(err)})
+    if images:
+        probs = class_probabilities(bundle["model"].predict(np.stack(images), verbose=0))
+        good = [r for r in rows if "error" not in r]
+        for row, p in zip(good, probs, strict=True):
+            order = np.argsort(-p)[: args.top]
+            row["predictions"] = [
+                {"class": bundle["classes"][i], "probability": round(float(p[i]), 6)}
+                for i in order
+            ]
+            row["class"], row["probability"] = (row["predictions"][0]["class"],
+                                                row["predictions"][0]["probability"])
+    if args.json:
+        print(json.dumps(rows, indent=1, ensure_ascii=False))
+    else:
+        width = max([len(r["image"]) for r in rows] + [5])
+        print(f"{'image':<{width}}  {'class':<16} probability")
+        for row in rows:
+            if "error" in row:
+                print(f"{row['image']:<{width}}  skipped: {row['error']}")
+            else:
+                print(f"{row['image']:<{width}}  {row['class']:<16} {row['probability']:.4f}")
+    return 0 if any("error" not in r for r in rows) else 2
+
+
+def cmd_report(args) -> int:
+    from resnet_tuner.report import write_report
+
+    path = write_report(args.run_dir, args.to)
+    print(f"report written to {path}")
+    return 0
+
+
+COMMANDS = {"search": cmd_search, "export": cmd_export, "predict": cmd_predict,
+            "report": cmd_report, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from resnet_tuner.space import SpaceError
+    from resnet_tuner.transfer import WeightsUnavailableError
+
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished trials are saved; run the same command to resume",
+              file=sys.stderr)
+        return 130
+    except (CLIError, SpaceError, ValueError, FileNotFoundError, NotADirectoryError,
+            WeightsUnavailableError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"resnet-tuner: error: {message}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        if "consecutive" not in str(err):
+            raise
+        # keras-tuner stopped after too many failed trials; its message lists them.
+        print(f"resnet-tuner: error: {str(err).strip()}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

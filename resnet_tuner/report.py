@@ -1,0 +1,181 @@
+"""`resnet-tuner report`: one HTML page with PNG plots of a run.
+
+Reads keras-tuner's `trial.json` files and our `history.json` per trial, and
+the best bundle's `metrics.json`: nothing is retrained or reloaded.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from resnet_tuner.search import PROJECT, RUN_FILE
+
+
+def read_trials(run_dir: Path) -> list[dict[str, Any]]:
+    """One dict per trial: id, status, score, hyperparameters, message, history, times."""
+    trials = []
+    for trial_dir in sorted((run_dir / PROJECT).glob("trial_*")):
+        path = trial_dir / "trial.json"
+        if not path.is_file():
+            continue
+        raw = json.loads(path.read_text("utf-8"))
+        history_path = trial_dir / "history.json"
+        extra = json.loads(history_path.read_text("utf-8")) if history_path.is_file() else {}
+        message = raw.get("message") or ""
+        trials.append({
+            "id": raw.get("trial_id", trial_dir.name),
+            "status": raw.get("status"),
+            "score": raw.get("score"),
+            "values": raw.get("hyperparameters", {}).get("values", {}),
+            "reason": _reason(message),
+            "history": extra.get("history", {}),
+            "params": extra.get("params"),
+            "started": extra.get("started"),
+            "ended": extra.get("ended"),
+        })
+    return trials
+
+
+def _reason(message: str) -> str:
+    """The last line of a failure traceback: the error and its message."""
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def write_report(run_dir: str | os.PathLike, to: str | os.PathLike | None = None) -> Path:
+    """Writes `index.html` and its PNG plots; returns the HTML path.
+
+    Raises:
+        FileNotFoundError: `run_dir` is not a run directory.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    if not (run_dir / RUN_FILE).is_file():
+        raise FileNotFoundError(f"Not a resnet-tuner run directory (no {RUN_FILE}): {run_dir}")
+    out = Path(to) if to else run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    record = json.loads((run_dir / RUN_FILE).read_text("utf-8"))
+    trials = read_trials(run_dir)
+    scored = [t for t in trials if t["score"] is not None]
+    figures: list[tuple[str, str]] = []
+
+    def save(fig, name: str, caption: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        figures.append((name, caption))
+
+    if scored:
+        timed = sorted((t for t in scored if t["ended"]), key=lambda t: t["ended"])
+        order = timed if len(timed) == len(scored) else scored
+        start = min((t["started"] for t in timed), default=None)
+        xs = [(t["ended"] - start) / 60 for t in order] if order is timed else list(
+            range(1, len(order) + 1))
+        best, running = [], -1.0
+        for t in order:
+            running = max(running, t["score"])
+            best.append(running)
+        fig, ax = plt.subplots(figsize=(6.4, 3.8))
+        ax.plot(xs, [t["score"] for t in order], "o", label="trial", alpha=0.7)
+        ax.step(xs, best, where="post", label="best so far", color="C3")
+        ax.set_xlabel("minutes since the first trial" if order is timed else "trial")
+        ax.set_ylabel("validation accuracy")
+        ax.set_title("Objective per trial")
+        ax.legend()
+        save(fig, "objective.png", "Validation accuracy of each trial and the best so far.")
+
+        sized = [t for t in scored if t["params"]]
+        if sized:
+            fig, ax = plt.subplots(figsize=(6.4, 3.8))
+            ax.scatter([t["params"] for t in sized], [t["score"] for t in sized], alpha=0.8)
+            ax.set_xscale("log")
+            ax.set_xlabel("parameters")
+            ax.set_ylabel("validation accuracy")
+            ax.set_title("Accuracy against model size")
+            save(fig, "accuracy_vs_params.png", "Is a bigger model worth it?")
+
+        top = max(scored, key=lambda t: t["score"])
+        history = top["history"]
+        if history:
+            fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+            for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
+                for prefix, label in (("", "train"), ("val_", "validation")):
+                    if prefix + key in history:
+                        ax.plot(range(1, len(history[prefix + key]) + 1), history[prefix + key],
+                                marker="o", label=label)
+                ax.set_xlabel("epoch")
+                ax.set_title(key)
+                ax.legend()
+            save(fig, "best_curves.png", f"Training curves of the best trial ({top['id']}).")
+
+    metrics_path = run_dir / "best" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text("utf-8")) if metrics_path.is_file() else None
+    classes = record.get("class_names", [])
+    if metrics:
+        import numpy as np
+
+        matrix = np.array(metrics["confusion_matrix"])
+        size = max(4.0, 0.45 * len(matrix) + 2)
+        fig, ax = plt.subplots(figsize=(size, size))
+        ax.imshow(matrix, cmap="Blues")
+        ax.set_xticks(range(len(matrix)), classes, rotation=90)
+        ax.set_yticks(range(len(matrix)), classes)
+        for (i, j), n in np.ndenumerate(matrix):
+            if n:
+                ax.text(j, i, str(n), ha="center", va="center",
+                        color="white" if n > matrix.max() / 2 else "black")
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"Test confusion matrix (accuracy {100 * metrics['accuracy']:.1f} %)")
+        save(fig, "confusion_matrix.png", "Held-out test split, best exported model.")
+
+    page = _html(record, trials, figures, metrics)
+    path = out / "index.html"
+    path.write_text(page, "utf-8")
+    return path
+
+
+def _html(record, trials, figures, metrics) -> str:
+    esc = html.escape
+    names = sorted({k for t in trials for k in t["values"] if not k.startswith("tuner/")})
+    head = "".join(f"<th>{esc(n)}</th>" for n in names)
+    rows = []
+    for t in sorted(trials, key=lambda t: (t["score"] is None, -(t["score"] or 0))):
+        cells = "".join(f"<td>{esc(str(t['values'].get(n, '')))}</td>" for n in names)
+        score = f"{t['score']:.4f}" if t["score"] is not None else ""
+        reason = f"<br><small>{esc(t['reason'])}</small>" if t["status"] != "COMPLETED" else ""
+        params = f"{t['params']:,}" if t["params"] else ""
+        rows.append(f"<tr class='{esc(str(t['status']).lower())}'><td>{esc(t['id'])}</td>"
+                    f"<td>{esc(str(t['status']))}{reason}</td><td>{score}</td>"
+                    f"<td>{params}</td>{cells}</tr>")
+    images = "".join(
+        f"<figure><img src='{esc(name)}' alt='{esc(caption)}'><figcaption>{esc(caption)}"
+        "</figcaption></figure>" for name, caption in figures
+    )
+    options = record.get("options", {})
+    failed = sum(t["status"] == "FAILED" for t in trials)
+    space = esc(str(options.get("space")))
+    summary = (f"{len(trials)} trials ({failed} failed) of the <code>{space}</code> space "
+               f"with {esc(str(options.get('tuner')))} on "
+               f"<code>{esc(str(options.get('data_dir')))}</code>")
+    test = (f"<p>Best model: test accuracy <b>{100 * metrics['accuracy']:.2f} %</b> on "
+            f"{metrics['images']} held-out images.</p>") if metrics else ""
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>resnet-tuner report</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}
+figure{{display:inline-block;margin:0 1em 1em 0}} img{{max-width:560px}}
+table{{border-collapse:collapse;font-size:90%}} td,th{{border:1px solid #ccc;padding:3px 6px}}
+tr.failed,tr.invalid{{background:#fdd}}</style></head><body>
+<h1>resnet-tuner report</h1><p>{summary}</p>{test}
+{images}
+<h2>Trials</h2><table><tr><th>trial</th><th>status</th><th>val accuracy</th><th>parameters</th>
+{head}</tr>{''.join(rows)}</table></body></html>
+"""
