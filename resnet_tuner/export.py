@@ -127,6 +127,24 @@ def export_model(
     return target
 
 
+def serving_model(model: keras.Model, model_config: ResNetConfig, input_shape,
+                  num_classes: int) -> keras.Model:
+    """The same network without its augmentation layers, for SavedModel and TFLite.
+
+    Augmentation is the identity at inference, but Keras' random layers still
+    put random-number ops in the traced graph, which TFLite cannot run. The
+    copy shares no state with `model`; weights are copied layer by layer.
+    """
+    from resnet_tuner.builder import build_resnet
+
+    plain_config = model_config.replace(flip="none", gamma=None, shift=0.0, weights=None)
+    plain = build_resnet(plain_config, input_shape, num_classes, name=model.name)
+    for layer in plain.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return plain
+
+
 def _swap_into_place(staging: Path, target: Path) -> None:
     old = None
     if target.exists():
@@ -146,7 +164,8 @@ def _write_bundle(model, folder: Path, data, model_config, train_config, hyperpa
     metrics = held_out_metrics(probs, y_test, data.class_names)
 
     saved_model = folder / "saved_model"
-    model.export(str(saved_model), format="tf_saved_model", verbose=False)
+    serving = serving_model(model, model_config, data.input_shape, data.num_classes)
+    serving.export(str(saved_model), format="tf_saved_model", verbose=False)
     metrics["tflite"] = _tflite(saved_model, folder / "model.tflite", x_test, probs)
 
     config = {

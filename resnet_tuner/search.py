@@ -185,7 +185,7 @@ class RecordingTuner:
     """
 
     progress_total: int | None = None
-    progress_stream = sys.stdout
+    progress_stream = None  # None: sys.stdout at print time
 
     def run_trial(self, trial, *args, **kwargs):
         started = time.time()
@@ -225,7 +225,7 @@ class RecordingTuner:
         print(
             f"trial {len(done)}{of}: {self.oracle.objective.name}={score} | best {best_text} | "
             f"{_duration(elapsed)} elapsed{remaining}",
-            file=self.progress_stream,
+            file=self.progress_stream or sys.stdout,
             flush=True,
         )
 

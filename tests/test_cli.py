@@ -1,0 +1,179 @@
+"""The resnet-tuner CLI end to end on a tiny folder: search, resume, export, predict, report."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from resnet_tuner import cli
+
+TINY_SPACE = """
+[model]
+stem = "cifar"
+stage_depths = [1, 1]
+base_width = [4, 8]
+
+[augment]
+flip = ["none", "horizontal"]
+
+[train]
+learning_rate = 0.01
+batch_size = 8
+epochs = 1
+"""
+
+
+def make_folder(root, classes=("circle", "square", "stripe"), per_class=8, size=20):
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            image = rng.integers(0, 60, (size, size, 3)).astype(np.uint8) + 60 * c
+            ok, buf = cv2.imencode(".jpg", image)
+            (root / name / f"{i}.jpg").write_bytes(buf.tobytes())
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One finished two-trial search shared by the tests of this module."""
+    base = tmp_path_factory.mktemp("cli")
+    folder = make_folder(base / "shapes")
+    space = base / "tiny.toml"
+    space.write_text(TINY_SPACE)
+    out = base / "run"
+    args = ["search", str(folder), "--out", str(out), "--space", str(space), "--tuner", "random",
+            "--max-trials", "2", "--image-size", "16", "--split", "0.5,0.25,0.25"]
+    assert cli.main(args) == 0
+    return {"base": base, "folder": folder, "space": space, "out": out, "args": args}
+
+
+def trial_dirs(out):
+    return sorted((out / "tuner").glob("trial_*"))
+
+
+def test_search_writes_a_run_and_a_bundle(run, capsys):
+    out = run["out"]
+    assert (out / "run.json").is_file() and (out / "manifest.json").is_file()
+    record = json.loads((out / "run.json").read_text())
+    assert record["versions"]["keras_tuner"] and record["class_names"] == [
+        "circle", "square", "stripe"]
+    assert len(trial_dirs(out)) == 2
+    for name in ("model.keras", "saved_model", "model.tflite", "classes.json", "config.json",
+                 "hyperparameters.json", "manifest.json", "metrics.json", "MODEL_CARD.md"):
+        assert (out / "best" / name).exists(), name
+    assert all((d / "history.json").is_file() for d in trial_dirs(out))
+
+
+def test_rerun_resumes_without_rerunning_finished_trials(run, capsys):
+    out = run["out"]
+    before = {d.name: json.loads((d / "history.json").read_text())["started"]
+              for d in trial_dirs(out)}
+    assert cli.main(run["args"]) == 0  # same command: nothing left to run
+    assert len(trial_dirs(out)) == 2
+    more = [a if a != "2" else "3" for a in run["args"]]
+    assert cli.main(more) == 0  # one more trial
+    after = {d.name: json.loads((d / "history.json").read_text())["started"]
+             for d in trial_dirs(out)}
+    assert len(after) == 3
+    assert all(after[name] == started for name, started in before.items())
+    printed = capsys.readouterr().out
+    assert "trial 3 of 3" in printed and "left" in printed
+
+
+def test_resume_with_other_settings_is_refused(run, capsys):
+    args = [a if a != "16" else "20" for a in run["args"]]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "other settings (image_size: 16 -> 20)" in err and "Traceback" not in err
+
+
+def test_export_again_and_refit(run, tmp_path, capsys):
+    assert cli.main(["export", str(run["out"]), "--to", str(tmp_path / "b1")]) == 0
+    assert cli.main(["export", str(run["out"]), "--to", str(tmp_path / "b2"), "--refit"]) == 0
+    refit = json.loads((tmp_path / "b2" / "hyperparameters.json").read_text())
+    assert refit["trial"]["refit"] is True
+    assert json.loads((tmp_path / "b1" / "metrics.json").read_text())["images"] == 6
+
+
+def test_predict_table_and_json(run, capsys):
+    bundle = run["out"] / "best"
+    image = next((run["folder"] / "square").glob("*.jpg"))
+    assert cli.main(["predict", str(bundle), str(image), str(run["folder"] / "circle")]) == 0
+    table = capsys.readouterr().out
+    assert "probability" in table and str(image) in table
+    assert cli.main(["predict", str(bundle), str(image), "--json", "--top", "2"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["class"] in ("circle", "square", "stripe")
+    assert len(rows[0]["predictions"]) == 2
+    assert 0 <= rows[0]["probability"] <= 1
+
+
+def test_report_writes_html_and_plots(run, capsys):
+    assert cli.main(["report", str(run["out"])]) == 0
+    report = run["out"] / "report"
+    page = (report / "index.html").read_text()
+    for png in ("objective.png", "accuracy_vs_params.png", "best_curves.png",
+                "confusion_matrix.png"):
+        assert (report / png).stat().st_size > 1000
+        assert png in page
+    assert page.count("<tr class='completed'>") == len(trial_dirs(run["out"]))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["search", "/no/such/folder", "--out", "x"], "Image folder not found: /no/such/folder"),
+        (["search", "digits", "--out", "x", "--space", "quik"], "Unknown search space 'quik'"),
+        (["search", "digits", "--out", "x", "--image-size", "0"], "expected a positive integer"),
+        (["search", "digits", "--out", "x", "--split", "0.5,0.5"], "expected three fractions"),
+        (["search", "digits", "--out", "x", "--split", "0.5,0.4,0.4"],
+         "split fractions must sum to 1"),
+        (["search", "digits", "--out", "x", "--tuner", "anneal"], "invalid choice: 'anneal'"),
+        (["predict", "/no/bundle", "a.jpg"], "Not an export bundle"),
+        (["report", "/no/run"], "Not a resnet-tuner run directory"),
+        (["export", "/no/run", "--to", "b"], "Not a resnet-tuner run directory"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        sys.exit(cli.main(args))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_every_command_has_help(capsys):
+    for command in ("search", "export", "predict", "report", "demo"):
+        with pytest.raises(SystemExit) as info:
+            cli.main([command, "--help"])
+        assert info.value.code == 0
+        assert "usage: resnet-tuner " + command in capsys.readouterr().out
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("resnet-tuner")
+    if exe is None:
+        pytest.skip("resnet-tuner is not on PATH (package not installed in this environment)")
+    done = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "search" in done.stdout
+
+
+def test_max_params_fails_trials_and_stops_with_their_reasons(tmp_path, capsys):
+    folder = make_folder(tmp_path / "shapes")
+    space = tmp_path / "tiny.toml"
+    space.write_text(TINY_SPACE)
+    code = cli.main(["search", str(folder), "--out", str(tmp_path / "run"), "--space", str(space),
+                     "--tuner", "random", "--max-trials", "5", "--image-size", "16",
+                     "--split", "0.5,0.25,0.25", "--max-params", "50"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "consecutive" in err and "Oversized model" in err
+    statuses = [json.loads((d / "trial.json").read_text())["status"]
+                for d in trial_dirs(tmp_path / "run")]
+    assert statuses.count("FAILED") >= 2 and "COMPLETED" not in statuses
