@@ -5,33 +5,47 @@ Example:
     >>> from resnet_tuner import ResNetHyperModel
     >>> hm = ResNetHyperModel("quick", input_shape=(32, 32, 3), num_classes=10)
     >>> tuner = kt.Hyperband(hm, objective="val_accuracy", max_epochs=10)
+
+Names are imported on first use, so `resnet-tuner --help` answers without
+loading TensorFlow, and the CLI can set TensorFlow's log level before it loads.
 """
 
-from resnet_tuner import datasets
-from resnet_tuner.builder import build_resnet, freeze_stages
-from resnet_tuner.config import ResNetConfig, TrainConfig
-from resnet_tuner.data import ImageData, ImageFolder, load_image
-from resnet_tuner.export import export_best, export_model, load_bundle
-from resnet_tuner.hypermodel import ResNetHyperModel
-from resnet_tuner.space import SearchSpace, SpaceError, available_spaces, load_space
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ImageData",
-    "ImageFolder",
-    "datasets",
-    "export_best",
-    "export_model",
-    "load_bundle",
-    "load_image",
-    "ResNetConfig",
-    "ResNetHyperModel",
-    "SearchSpace",
-    "SpaceError",
-    "TrainConfig",
-    "available_spaces",
-    "build_resnet",
-    "freeze_stages",
-    "load_space",
-]
+_EXPORTS = {
+    "ImageData": "resnet_tuner.data",
+    "ImageFolder": "resnet_tuner.data",
+    "load_image": "resnet_tuner.data",
+    "ResNetConfig": "resnet_tuner.config",
+    "TrainConfig": "resnet_tuner.config",
+    "build_resnet": "resnet_tuner.builder",
+    "freeze_stages": "resnet_tuner.builder",
+    "ResNetHyperModel": "resnet_tuner.hypermodel",
+    "SearchSpace": "resnet_tuner.space",
+    "SpaceError": "resnet_tuner.space",
+    "available_spaces": "resnet_tuner.space",
+    "load_space": "resnet_tuner.space",
+    "export_best": "resnet_tuner.export",
+    "export_model": "resnet_tuner.export",
+    "load_bundle": "resnet_tuner.export",
+}
+_SUBMODULES = ("datasets",)
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES])
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = import_module(f"resnet_tuner.{name}")
+    else:
+        raise AttributeError(f"module 'resnet_tuner' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

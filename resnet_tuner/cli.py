@@ -13,7 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Before TensorFlow loads (resnet_tuner imports it lazily): no C++ log noise such
+# as "could not find cuda drivers" on CPU machines. Set the variable to see it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 class CLIError(Exception):
@@ -41,7 +43,7 @@ def _split(text: str) -> tuple[float, float, float]:
 
 
 def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
-    from resnet_tuner.search import TUNERS
+    from resnet_tuner.config import TUNERS
 
     parser.add_argument("--space", default="quick",
                         help="search space: a preset (quick, mini, paper, cifar, transfer, full) "

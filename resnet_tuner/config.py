@@ -24,6 +24,7 @@ BACKBONES = ("scratch", "resnet50")
 FLIP_MODES = ("none", "horizontal", "vertical", "both")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 LR_SCHEDULES = ("cosine", "constant")
+TUNERS = ("hyperband", "random", "bayesian", "grid")
 #: ResNet50 from keras.applications has a stem (conv1) and four residual stages
 #: (conv2..conv5); `freeze_stages=k` freezes conv1..convk.
 RESNET50_STAGES = 5

@@ -37,6 +37,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 RESIZE_MODES = ("stretch", "crop", "pad")
 #: Bumped whenever the cache layout or decoding changes, so old caches are not reused.
 CACHE_VERSION = 1
+#: Splits up to this size are read into memory once per `dataset()` call and
+#: sliced by tf.data (fastest); larger ones stream from the cache by row.
+IN_MEMORY_BYTES = 512 * 2**20
 MANIFEST_VERSION = 1
 
 
@@ -259,8 +262,10 @@ class ImageData:
     def dataset(self, split: str, batch_size: int | None = None, shuffle: bool | None = None):
         """A batched `tf.data.Dataset` of `(uint8 images, int32 labels)`.
 
-        Only row indices go through `tf.data`; each batch is read from the
-        cache (or memory) in one call, so nothing holds the whole split.
+        A split of up to `IN_MEMORY_BYTES` is read once and sliced in memory.
+        A larger one streams: only row indices go through `tf.data` and each
+        batch is read from the cache file in one call, so nothing holds the
+        whole split.
 
         Args:
             split: `"train"`, `"val"` or `"test"`.
@@ -273,6 +278,13 @@ class ImageData:
         rows = self._index[_check_split(split)]
         batch_size = batch_size or self.batch_size
         shuffle = split == "train" if shuffle is None else shuffle
+        height, width = self.image_size
+        if len(rows) * height * width * 3 <= IN_MEMORY_BYTES:
+            ds = tf.data.Dataset.from_tensor_slices(self.arrays(split))
+            if shuffle:
+                ds = ds.shuffle(max(1, len(rows)), seed=self.seed, reshuffle_each_iteration=True)
+            return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
         ds = tf.data.Dataset.from_tensor_slices(rows)
         if shuffle:
             ds = ds.shuffle(max(1, len(rows)), seed=self.seed, reshuffle_each_iteration=True)
@@ -281,8 +293,6 @@ class ImageData:
         def gather(batch_rows):
             batch_rows = np.asarray(batch_rows)
             return self._rows(batch_rows), self._labels[batch_rows]
-
-        height, width = self.image_size
 
         def read(batch_rows):
             images, labels = tf.numpy_function(gather, [batch_rows], [tf.uint8, tf.int32])

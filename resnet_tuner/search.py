@@ -22,9 +22,9 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
+from resnet_tuner.config import TUNERS
 from resnet_tuner.space import SearchSpace, load_space
 
-TUNERS = ("hyperband", "random", "bayesian", "grid")
 RUN_FILE = "run.json"
 MANIFEST_FILE = "manifest.json"
 PROJECT = "tuner"

@@ -244,7 +244,8 @@ def test_cache_disabled_keeps_images_in_memory(tmp_path):
     assert isinstance(data._images, np.ndarray)
 
 
-def test_batches_stream_from_the_cache_file(tmp_path, cache):
+def test_batches_stream_from_the_cache_file(tmp_path, cache, monkeypatch):
+    monkeypatch.setattr(data_module, "IN_MEMORY_BYTES", 0)  # as if larger than memory
     root = make_folder(tmp_path / "pets", per_class=10)
     data = ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
     assert str(data._images).endswith("images.npy")  # read by row, never loaded whole
@@ -256,6 +257,16 @@ def test_batches_stream_from_the_cache_file(tmp_path, cache):
     epoch2_ds = data.dataset("train", batch_size=30)
     first, second = [np.concatenate([b.numpy() for _, b in epoch2_ds]) for _ in range(2)]
     assert sorted(epoch1) == sorted(first) and not np.array_equal(first, second)
+
+
+def test_small_splits_are_sliced_in_memory_with_the_same_content(tmp_path, cache):
+    root = make_folder(tmp_path / "pets", per_class=10)
+    data = ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
+    x, y = data.arrays("test")
+    batches = list(data.dataset("test", batch_size=4))
+    np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in batches]), x)
+    np.testing.assert_array_equal(np.concatenate([b[1].numpy() for b in batches]), y)
+    assert batches[0][1].dtype.name == "int32"
 
 
 def test_class_weights_are_balanced(tmp_path, cache):

@@ -31,12 +31,12 @@ def test_prefilled_hyperparameters_choose_the_config():
     space = load_space("quick")
     cfg, train = space.sample(
         fixed({"stage2_depth": 2, "stage3_depth": 1, "stage4_depth": 2, "base_width": 32,
-               "shortcut": "A", "batch_size": 128, "learning_rate": 0.005})
+               "shortcut": "A", "batch_size": 64, "learning_rate": 0.002})
     )
     assert cfg.stage_depths == (2, 1, 2)
     assert cfg.stage_widths == (32, 64, 128) and cfg.stem_width == 32
     assert cfg.shortcut == "A" and cfg.stem == "cifar"
-    assert train.batch_size == 128 and train.learning_rate == 0.005
+    assert train.batch_size == 64 and train.learning_rate == 0.002
 
 
 def test_paper_and_cifar_presets_reproduce_named_networks():
