@@ -100,6 +100,11 @@ def test_bad_files_are_skipped_with_reasons_and_one_warning(tmp_path, cache):
     (root / "cat" / "notes.jpg").write_text("this is not an image")
     (root / "cat" / "readme.txt").write_text("hello")
     (root / "cat" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / "cat" / "._cat 1.jpg").write_bytes(b"\0\5\26\7AppleDouble")  # macOS resource fork
+    (root / "cat" / "trailer.jpg").write_bytes(good + b"camera trailer after the EOI")
+    write_image(root / "cat" / "anim.gif")
+    png = write_image(tmp_path / "whole.png").read_bytes()
+    (root / "dog" / "cut.png").write_bytes(png[: len(png) - 20])
     write_image(root / "dog" / "tiny.png", size=(3, 3))
     write_image(root / "dog" / "alpha.png", channels=4)
     write_image(root / "dog" / "deep.png", dtype=np.uint16)
@@ -108,7 +113,7 @@ def test_bad_files_are_skipped_with_reasons_and_one_warning(tmp_path, cache):
     write_image(root / "猫" / "小 花.jpg")
     write_image(root / "猫" / "三.jpg")
     (root / "loose.jpg").write_bytes(good)
-    with pytest.warns(UserWarning, match=r"Skipped 7 file\(s\)") as caught:
+    with pytest.warns(UserWarning, match=r"Skipped 9 file\(s\)") as caught:
         data = ImageFolder(root, image_size=16, split=(0.34, 0.33, 0.33), cache_dir=cache,
                            verbose=0)
     assert len([w for w in caught if "Skipped" in str(w.message)]) == 1
@@ -118,13 +123,16 @@ def test_bad_files_are_skipped_with_reasons_and_one_warning(tmp_path, cache):
     assert reasons["notes.jpg"] == "not a decodable image"
     assert reasons["readme.txt"].startswith("not an image file extension")
     assert reasons[".DS_Store"] == "hidden file"
+    assert reasons["._cat 1.jpg"] == "hidden file"
+    assert reasons["cut.png"].startswith("truncated")
     assert reasons["tiny.png"].startswith("too small")
     assert reasons["loose.jpg"] == "not in a class folder"
     assert data.class_names == ["cat", "dog", "猫"]
     assert data.counts["train"]["dog"] + data.counts["val"]["dog"] + data.counts["test"][
         "dog"] == 9  # 6 + alpha + 16-bit + gray
     names = {os.path.basename(f) for s in ("train", "val", "test") for f in data.split_files(s)}
-    assert {"咪咪.jpg", "小 花.jpg", "alpha.png", "deep.png", "gray.png"} <= names
+    assert {"咪咪.jpg", "小 花.jpg", "alpha.png", "deep.png", "gray.png", "trailer.jpg",
+            "anim.gif"} <= names
 
 
 def test_decoding_converts_every_kind_to_rgb_uint8(tmp_path):
@@ -257,6 +265,9 @@ def test_batches_stream_from_the_cache_file(tmp_path, cache, monkeypatch):
     epoch2_ds = data.dataset("train", batch_size=30)
     first, second = [np.concatenate([b.numpy() for _, b in epoch2_ds]) for _ in range(2)]
     assert sorted(epoch1) == sorted(first) and not np.array_equal(first, second)
+    for images, labels in data.dataset("train", batch_size=7):  # shuffled rows, read by pread
+        # make_folder paints class c's images 40 * c + i (i < 10): the value gives the class.
+        np.testing.assert_array_equal(images.numpy().mean(axis=(1, 2, 3)) // 40, labels.numpy())
 
 
 def test_small_splits_are_sliced_in_memory_with_the_same_content(tmp_path, cache):
@@ -303,3 +314,50 @@ def test_digits_is_a_real_stratified_dataset():
     assert all(n == 18 for n in data.counts["test"].values())
     x, _ = data.arrays("test")
     assert x.shape == (180, 32, 32, 3) and x.dtype == np.uint8 and x.max() > 200
+
+
+def test_presplit_without_val_splits_val_off_train_stratified(tmp_path, cache):
+    root = tmp_path / "kaggle"
+    for split, n in (("train", 10), ("test", 3)):
+        for name in ("car", "dog"):
+            for i in range(n):
+                write_image(root / split / name / f"{i}.png")
+    data = ImageFolder(root, image_size=16, split=(0.8, 0.1, 0.1), cache_dir=cache, verbose=0)
+    assert data.counts["test"] == {"car": 3, "dog": 3}
+    assert all(f.startswith("test") for f in data.split_files("test"))
+    assert all(f.startswith("train") for f in data.split_files("val"))
+    # val is 0.1 / (0.8 + 0.1) of each class's train images, within one image.
+    assert all(abs(n - 10 / 9) <= 1 and n >= 1 for n in data.counts["val"].values())
+    assert data.counts["train"]["car"] + data.counts["val"]["car"] == 10
+
+
+def test_large_jpeg_is_decoded_reduced_like_a_full_decode(tmp_path):
+    y, x = np.mgrid[0:600, 0:800]
+    photo = np.stack([x % 256, y % 256, (x + y) % 256], axis=-1).astype(np.uint8)
+    path = tmp_path / "big.jpg"
+    path.write_bytes(cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
+    fast = load_image(path, (64, 48)).astype(float)  # DCT reduction by 8 then area
+    full = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    exact = cv2.resize(full, (48, 64), interpolation=cv2.INTER_AREA).astype(float)
+    assert fast.shape == (64, 48, 3)
+    assert np.abs(fast - exact).mean() < 4
+
+
+def test_interrupted_cache_write_is_ignored(tmp_path, cache):
+    root = make_folder(tmp_path / "pets", per_class=10)
+    first = ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
+    (entry,) = cache.glob("images-*")
+    # A decode killed mid-way leaves only a hidden temporary folder; it is never read.
+    partial = cache / f".{entry.name}-killed"
+    partial.mkdir()
+    (partial / "images.npy").write_bytes(b"half")
+    again = ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
+    np.testing.assert_array_equal(first.arrays("test")[0], again.arrays("test")[0])
+
+
+def test_dataset_rejects_bad_batch_size_and_split(tmp_path, cache):
+    data = ImageFolder(make_folder(tmp_path / "pets"), image_size=16, cache_dir=cache, verbose=0)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer. Received: 0"):
+        data.dataset("train", batch_size=0)
+    with pytest.raises(ValueError, match="split must be one of .* Received: split='valid'"):
+        data.arrays("valid")
