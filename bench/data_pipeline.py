@@ -18,7 +18,7 @@ Then, in a fresh subprocess, it streams one pass over a synthetic cache twice
 the size of a resident-memory budget it sets, and prints the peak RSS growth.
 
 Usage:
-    python bench/data_pipeline.py [--images 1200] [--repeats 3]
+    python bench/data_pipeline.py [--images 1200] [--repeats 5]
 
 Writes bench/results/data_pipeline.json (not committed).
 """
@@ -42,7 +42,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+# Run from a checkout without installing: the package is the repository's.
+sys.path.insert(0, str(REPO))
 SIZE = 224
 
 
@@ -152,7 +155,8 @@ def streaming_rss(workdir: Path, budget_mb: int) -> dict:
         array[start:stop] = block[: stop - start]
     array.flush()
     del array
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": pythonpath}
     done = subprocess.run([sys.executable, "-c", RSS_CHILD, str(path)], capture_output=True,
                           text=True, env=env, timeout=1200)
     if done.returncode != 0:
@@ -168,7 +172,7 @@ def streaming_rss(workdir: Path, budget_mb: int) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=1200, help="JPEGs to make (>= 1000)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per pipeline (median)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per pipeline (median)")
     parser.add_argument("--budget-mb", type=int, default=512,
                         help="resident-memory budget for the streaming check (MB)")
     parser.add_argument("--workdir", type=Path, default=None)
@@ -205,7 +209,7 @@ def main(argv=None) -> int:
           f"peak {rss['peak_mb']:.0f} MB, growth {rss['growth_mb']} MB "
           f"({'within' if rss['within_budget'] else 'OVER'} budget)")
     report = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "images": count, "size": SIZE, "repeats": args.repeats, "cpus": os.cpu_count(),
         "images_per_s": rates, "median_images_per_s": medians,
         "ratio_to_seed": {k: v / base for k, v in medians.items()},
