@@ -32,6 +32,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def _split(text: str) -> tuple[float, float, float]:
     try:
         parts = tuple(float(p) for p in text.split(","))
@@ -88,6 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image folder, or 'digits' for scikit-learn's bundled digits")
     search.add_argument("--out", required=True, help="run directory (e.g. runs/pets)")
     _add_search_arguments(search)
+    cluster = search.add_argument_group(
+        "distributed search",
+        "Run one chief and any number of workers that share --out (keras-tuner's chief/worker "
+        "engine; the KERASTUNER_* environment variables work too). The chief exports the best "
+        "model when every trial has ended.",
+    )
+    cluster.add_argument("--chief", metavar="HOST:PORT",
+                         help="serve the search to workers on this address")
+    cluster.add_argument("--worker", metavar="HOST:PORT", help="join the chief at this address")
+    cluster.add_argument("--worker-id", metavar="ID",
+                         help="this worker's unique name (default: host-pid)")
+    cluster.add_argument("--connect-timeout", type=_positive_float, default=60.0, metavar="S",
+                         help="seconds a worker waits for the chief (default: 60)")
+    cluster.add_argument("--worker-timeout", type=_positive_float, default=60.0, metavar="S",
+                         help="seconds of silence after which the chief counts a worker as lost "
+                              "and gives its trial to another (default: 60)")
 
     export = commands.add_parser(
         "export", help="export the best model of a run again",
@@ -140,19 +166,30 @@ def _options(args, data_dir: str):
     )
 
 
-def _search_and_export(options) -> tuple:
+def _search_and_export(options, **search_kwargs) -> tuple:
     from resnet_tuner.export import export_best
     from resnet_tuner.search import run_search
 
     started = time.time()
-    tuner, data = run_search(options)
+    tuner, data = run_search(options, **search_kwargs)
     bundle = export_best(tuner, Path(options.out) / "best", data=data)
     metrics = json.loads((bundle / "metrics.json").read_text())
     return bundle, metrics, time.time() - started
 
 
 def cmd_search(args) -> int:
-    bundle, metrics, seconds = _search_and_export(_options(args, args.data_dir))
+    from resnet_tuner import distribute
+
+    distribute.configure(chief=args.chief, worker=args.worker, worker_id=args.worker_id)
+    timeouts = {"connect_timeout": args.connect_timeout, "worker_timeout": args.worker_timeout}
+    options = _options(args, args.data_dir)
+    if distribute.role() == "worker":
+        from resnet_tuner.search import run_search
+
+        tuner, _ = run_search(options, **timeouts)
+        print(f"worker {tuner.tuner_id}: the search is over; the chief exports the best model")
+        return 0
+    bundle, metrics, seconds = _search_and_export(options, **timeouts)
     print(f"best model exported to {bundle}: test accuracy {100 * metrics['accuracy']:.2f} % "
           f"({seconds:.0f} s)")
     return 0
@@ -255,6 +292,7 @@ COMMANDS = {"search": cmd_search, "export": cmd_export, "predict": cmd_predict,
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from resnet_tuner.distribute import ChiefUnreachableError
     from resnet_tuner.space import SpaceError
     from resnet_tuner.transfer import WeightsUnavailableError
 
@@ -265,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     except (CLIError, SpaceError, ValueError, FileNotFoundError, NotADirectoryError,
-            WeightsUnavailableError) as err:
+            WeightsUnavailableError, ChiefUnreachableError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"resnet-tuner: error: {message}", file=sys.stderr)
         return 2

@@ -187,12 +187,24 @@ class RecordingTuner:
     progress_total: int | None = None
     progress_stream = None  # None: sys.stdout at print time
 
+    #: Seconds of silence after which a distributed chief counts a worker as lost.
+    worker_timeout: float = 60.0
+
     def run_trial(self, trial, *args, **kwargs):
+        from resnet_tuner import distribute
+
         started = time.time()
-        histories = super().run_trial(trial, *args, **kwargs)
+        if self._is_worker():
+            print(f"worker {self.tuner_id}: running trial {trial.trial_id}",
+                  file=self.progress_stream or sys.stdout, flush=True)
+            with distribute.Heartbeat(self.oracle, trial.trial_id):
+                histories = super().run_trial(trial, *args, **kwargs)
+        else:
+            histories = super().run_trial(trial, *args, **kwargs)
         history = histories[-1] if isinstance(histories, list) and histories else None
         record = {
             "trial_id": trial.trial_id,
+            "tuner_id": self.tuner_id,
             "started": started,
             "ended": time.time(),
             "history": getattr(history, "history", {}),
@@ -208,6 +220,12 @@ class RecordingTuner:
         self._print_progress(trial)
 
     def _print_progress(self, trial):
+        stream = self.progress_stream or sys.stdout
+        score = f"{trial.score:.4f}" if trial.score is not None else trial.status
+        if self._is_worker():  # the chief prints the search's progress
+            print(f"worker {self.tuner_id}: trial {trial.trial_id} "
+                  f"{self.oracle.objective.name}={score}", file=stream, flush=True)
+            return
         trials = list(self.oracle.trials.values())
         done = [t for t in trials if t.status in ("COMPLETED", "FAILED", "INVALID")]
         start = getattr(self, "_search_started", time.time())
@@ -220,26 +238,72 @@ class RecordingTuner:
             remaining = f", ~{_duration(elapsed / this_session * left)} left"
         best = self.oracle.get_best_trials(1)
         best_text = f"{best[0].score:.4f}" if best and best[0].score is not None else "-"
-        score = f"{trial.score:.4f}" if trial.score is not None else trial.status
         of = f" of {total}" if total else ""
         print(
             f"trial {len(done)}{of}: {self.oracle.objective.name}={score} | best {best_text} | "
             f"{_duration(elapsed)} elapsed{remaining}",
-            file=self.progress_stream or sys.stdout,
+            file=stream,
             flush=True,
         )
 
     def search(self, *args, **kwargs):
+        from resnet_tuner import distribute
+
         self._search_started = time.time()
         self._done_before = sum(
-            t.status in ("COMPLETED", "FAILED", "INVALID") for t in self.oracle.trials.values()
+            t.status in ("COMPLETED", "FAILED", "INVALID")
+            for t in getattr(self.oracle, "trials", {}).values()
         )
+        if distribute.role() == "chief":  # serve trials to the workers until all are done
+            self.save()
+            distribute.serve(self.oracle, self.worker_timeout, on_trial_end=self._print_progress,
+                             log=lambda line: print(line, file=self.progress_stream or sys.stdout,
+                                                    flush=True))
+            return None
         return super().search(*args, **kwargs)
 
 
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class InitialFirst:
+    """Oracle mixin: the space's `[[initial]]` configurations come before random ones.
+
+    Applies wherever an oracle draws a fresh random candidate: every trial of
+    RandomSearch, Hyperband's new candidates and BayesianOptimization's initial
+    points (GridSearch walks its grid). A configuration already tried (say,
+    before a resume) is not tried again. AutoKeras starts its searches the
+    same way, from hand-picked configurations known to train well.
+    """
+
+    initial_values: list = []
+
+    def _random_values(self):
+        for wanted in self.initial_values:
+            hps = kt.HyperParameters()
+            for hp in self.hyperparameters.space:
+                hps.merge([hp])
+                if hps.is_active(hp):
+                    hps.values[hp.name] = wanted.get(hp.name, hp.default)
+            if not self._duplicate(hps.values):
+                return hps.values
+        return super()._random_values()
+
+
+def start_with_initial(tuner: kt.Tuner, initial: list[dict]) -> kt.Tuner:
+    """Makes `tuner`'s oracle try the `initial` hyperparameter values first.
+
+    `make_tuner` does this with the space's `[[initial]]` tables; call it on a
+    tuner you built yourself, e.g. `start_with_initial(tuner, hypermodel.space.initial)`.
+    """
+    oracle = tuner.oracle
+    if initial and isinstance(oracle, kt.Oracle) and not isinstance(oracle, InitialFirst):
+        oracle.__class__ = type(f"InitialFirst{type(oracle).__name__}",
+                                (InitialFirst, type(oracle)), {})
+        oracle.initial_values = [dict(v) for v in initial]
+    return tuner
 
 
 _TUNER_CLASSES = {
@@ -288,36 +352,67 @@ def make_tuner(
         max_model_size=max_params,
         max_consecutive_failed_trials=max_failures,
     )
+    # keras-tuner treats seed 0 as "no seed" and draws a random one; shift so that
+    # every seed, 0 included, gives the same trials on every run and resume.
+    oracle_seed = seed % (2**31 - 1) + 1
     if kind == "hyperband":
-        tuner = cls(hypermodel, max_epochs=epochs, factor=3, hyperband_iterations=1, seed=seed,
-                    **common)
+        tuner = cls(hypermodel, max_epochs=epochs, factor=3, hyperband_iterations=1,
+                    seed=oracle_seed, **common)
         tuner.oracle.max_trials = max_trials  # the base oracle stops creating trials there
     else:
-        tuner = cls(hypermodel, max_trials=max_trials, seed=seed, **common)
+        tuner = cls(hypermodel, max_trials=max_trials, seed=oracle_seed, **common)
     tuner.progress_total = max_trials
-    return tuner
+    return start_with_initial(tuner, getattr(getattr(hypermodel, "space", None), "initial", []))
 
 
-def run_search(options: SearchOptions, verbose: int = 1):
+def run_search(options: SearchOptions, verbose: int = 1, *, connect_timeout: float = 60.0,
+               worker_timeout: float = 60.0):
     """Runs (or resumes) a search; returns `(tuner, data)`.
+
+    In a distributed search (see `resnet_tuner.distribute`) the chief serves
+    trials until all have ended and the workers run them; all share `out`.
+
+    Args:
+        options: the run's settings.
+        verbose: 1 prints the data summary and progress lines.
+        connect_timeout: seconds a worker waits for the chief.
+        worker_timeout: seconds of silence after which the chief counts a
+            worker as lost and queues its trial again.
 
     Raises:
         ValueError / FileNotFoundError / SpaceError: bad options, data or space.
+        ChiefUnreachableError: a worker could not reach, or lost, its chief.
     """
+    from resnet_tuner import distribute
     from resnet_tuner.hypermodel import ResNetHyperModel
 
     options.validate()
+    role = distribute.role()
     run_dir = Path(options.out)
     space = search_space(options)  # fail on a bad space before touching the run dir
-    check_resume(run_dir, options)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    data = load_data(options, run_dir, verbose=verbose)
-    if options.data_dir == DIGITS and (options.overwrite or not (run_dir / MANIFEST_FILE).exists()):
-        data.write_manifest(run_dir / MANIFEST_FILE)
-    record = {"options": _jsonable(dataclasses.asdict(options)), "versions": versions(),
-              "space": space.to_dict(), "space_source": space.source,
-              "class_names": data.class_names}
-    (run_dir / RUN_FILE).write_text(json.dumps(record, indent=1))
+    if role == "worker":
+        if options.overwrite:
+            raise ValueError("--overwrite is for the chief: a worker joins the chief's run.")
+        distribute.wait_for_chief(connect_timeout)  # the chief writes run.json first
+        if not (run_dir / RUN_FILE).is_file():
+            raise FileNotFoundError(
+                f"The chief at {distribute.address()} is up but {run_dir} holds no {RUN_FILE}: "
+                "give every worker the chief's run directory (a shared folder) as --out."
+            )
+        check_resume(run_dir, options)
+        data = load_data(options, run_dir, verbose=verbose)
+    else:
+        check_resume(run_dir, options)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        data = load_data(options, run_dir, verbose=verbose)
+        if options.data_dir == DIGITS and (
+            options.overwrite or not (run_dir / MANIFEST_FILE).exists()
+        ):
+            data.write_manifest(run_dir / MANIFEST_FILE)
+        record = {"options": _jsonable(dataclasses.asdict(options)), "versions": versions(),
+                  "space": space.to_dict(), "space_source": space.source,
+                  "class_names": data.class_names}
+        (run_dir / RUN_FILE).write_text(json.dumps(record, indent=1))
     hypermodel = ResNetHyperModel(space, input_shape=data.input_shape, num_classes=data.num_classes)
     epochs = options.epochs or space.fixed_value("train", "epochs", 10)
     tuner = make_tuner(
@@ -325,12 +420,25 @@ def run_search(options: SearchOptions, verbose: int = 1):
         seed=options.seed, overwrite=options.overwrite, max_params=options.max_params,
         max_failures=options.max_failures,
     )
+    tuner.worker_timeout = worker_timeout
     fit_kwargs: dict[str, Any] = {"verbose": 0}
     if options.tuner != "hyperband":
         fit_kwargs["epochs"] = epochs
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
-        tuner.search(data, **fit_kwargs)
+        if role != "worker":
+            tuner.search(data, **fit_kwargs)
+            return tuner, data
+        import grpc
+
+        try:
+            tuner.search(data, **fit_kwargs)
+        except grpc.RpcError as err:
+            detail = err.details() if hasattr(err, "details") else str(err)
+            raise distribute.ChiefUnreachableError(
+                f"Worker {tuner.tuner_id} lost the chief at {distribute.address()}: {detail}. "
+                "Its trial goes to another worker once the chief notices."
+            ) from None
     return tuner, data
 
 

@@ -119,7 +119,7 @@ SCHEMA: dict[str, dict[str, Kind]] = {
         "lr_schedule": Kind("str", LR_SCHEDULES),
     },
 }
-TOP_LEVEL_KEYS = ("description",)
+TOP_LEVEL_KEYS = ("description", "initial")
 RANGE_KEYS = ("min", "max", "step", "sampling")
 SAMPLINGS = ("linear", "log", "reverse_log")
 
@@ -261,6 +261,7 @@ class SearchSpace:
                 f"{source}: unknown section(s) {unknown}; expected {sorted(SCHEMA)}"
             )
         self.description = str(raw.get("description", ""))
+        self._raw_initial = raw.get("initial", [])
         self.fields: dict[str, dict[str, Fixed | Choice | Range]] = {}
         for section, kinds in SCHEMA.items():
             table = raw.get(section, {})
@@ -277,6 +278,55 @@ class SearchSpace:
                 for name, value in table.items()
             }
         self._check_consistency()
+        self.initial = self._check_initial(self._raw_initial)
+
+    def _check_initial(self, raw: Any, lenient: bool = False) -> list[dict[str, Any]]:
+        """`[[initial]]` tables: hyperparameter values the search tries first.
+
+        Each names tuned hyperparameters as the trials record them
+        (`base_width`, `stage2_depth`, `learning_rate`, ...); the rest take
+        their defaults. Every value must lie in the space; with `lenient`,
+        values that no longer do (after `override`) are dropped instead.
+        """
+        if isinstance(raw, Mapping):
+            raw = [raw]
+        if not isinstance(raw, list) or not all(isinstance(t, Mapping) for t in raw):
+            raise SpaceError(f"{self.source}: initial must be a list of tables ([[initial]])")
+        checked = []
+        for i, table in enumerate(raw):
+            where = f"{self.source}: [[initial]] #{i + 1}"
+            values = {name: _encode(value) for name, value in table.items()}
+            if lenient:
+                probe = kt.HyperParameters()
+                self.sample(probe)
+                tuned = {h.name: h for h in probe.space}
+                values = {k: v for k, v in values.items()
+                          if k in tuned and _allowed(tuned[k], v)}
+            hp = kt.HyperParameters()
+            hp.values.update(values)
+            failure = None
+            try:
+                self.sample(hp)
+            except KeyError as err:  # a choice the space does not have: named below
+                failure = err
+            except (SpaceError, ValueError) as err:
+                raise SpaceError(f"{where} makes an invalid model: {err}") from err
+            tuned = {h.name: h for h in hp.space}
+            unknown = sorted(set(values) - set(tuned))
+            if unknown:
+                raise SpaceError(f"{where}: {unknown} are not tuned by this space; it tunes "
+                                 f"{sorted(tuned) or 'nothing'}")
+            for name, value in values.items():
+                if not _allowed(tuned[name], value):
+                    h = tuned[name]
+                    domain = (f"in [{h.min_value}, {h.max_value}]" if hasattr(h, "min_value")
+                              else f"one of {list(getattr(h, 'values', []))}")
+                    raise SpaceError(f"{where}: {name} = {value!r} is not {domain}")
+            if failure is not None:
+                raise SpaceError(f"{where}: value {failure} is not in the space")
+            if values:
+                checked.append(values)
+        return checked
 
     # ------------------------------------------------------------ validation
     def _check_consistency(self) -> None:
@@ -333,6 +383,8 @@ class SearchSpace:
                 f"[{section}] {name}", SCHEMA[section][name], value
             )
         clone._check_consistency()
+        # Initial values of fields fixed now (e.g. --batch-size) give way to the override.
+        clone.initial = clone._check_initial(self.initial, lenient=True)
         return clone
 
     def fixed_value(self, section: str, name: str, default: Any = None) -> Any:
@@ -494,7 +546,17 @@ class SearchSpace:
                 out["step"] = spec.step
             return out
 
-        return {s: {k: show(v) for k, v in f.items()} for s, f in self.fields.items() if f}
+        out = {s: {k: show(v) for k, v in f.items()} for s, f in self.fields.items() if f}
+        if self.initial:
+            out["initial"] = [dict(values) for values in self.initial]
+        return out
+
+
+def _allowed(hp: Any, value: Any) -> bool:
+    """Whether a keras-tuner hyperparameter can take `value`."""
+    if type(hp).__name__ in ("Choice", "Boolean", "Fixed"):
+        return value in getattr(hp, "values", [getattr(hp, "value", None)])
+    return isinstance(value, (int, float)) and hp.min_value <= value <= hp.max_value
 
 
 def _plain(value: Any) -> Any:

@@ -154,3 +154,48 @@ def test_missing_file_and_unknown_preset():
         load_space("nope.toml")
     with pytest.raises(SpaceError, match="Unknown search space 'quik'.*quick"):
         load_space("quik")
+
+
+INITIAL_SPACE = {
+    "model": {"stem": "cifar", "stage_depths": [[1, 1], [2, 2]], "base_width": [4, 8]},
+    "train": {"learning_rate": {"min": 1e-3, "max": 1e-2, "sampling": "log"},
+              "batch_size": [16, 32]},
+    "initial": [{"base_width": 8, "learning_rate": 3e-3},
+                {"stage_depths": "2-2", "base_width": 4, "batch_size": 32}],
+}
+
+
+def test_initial_tables_are_parsed_and_checked():
+    space = load_space(INITIAL_SPACE)
+    assert space.initial[0] == {"base_width": 8, "learning_rate": 3e-3}
+    assert load_space("quick").initial  # the quick preset starts from known-good models
+    # A field fixed later (e.g. --batch-size) gives way: its initial value is dropped.
+    assert space.override("train", batch_size=64).initial[1] == {"stage_depths": "2-2",
+                                                                  "base_width": 4}
+    bad = [
+        ({"base_width": 5}, "base_width = 5 is not one of [4, 8]"),
+        ({"learning_rate": 0.5}, "learning_rate = 0.5 is not in [0.001, 0.01]"),
+        ({"depth": 3}, "['depth'] are not tuned by this space"),
+    ]
+    for table, message in bad:
+        with pytest.raises(SpaceError, match=r"\[\[initial\]\] #1: " + message.replace("[", r"\[")
+                           .replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
+            load_space({**INITIAL_SPACE, "initial": [table]})
+    with pytest.raises(SpaceError, match="initial must be a list of tables"):
+        load_space({**INITIAL_SPACE, "initial": 3})
+
+
+@pytest.mark.parametrize("kind", ["random", "hyperband", "bayesian"])
+def test_tuners_try_the_initial_configurations_first(kind, tmp_path):
+    from resnet_tuner import ResNetHyperModel
+    from resnet_tuner.search import make_tuner
+
+    hm = ResNetHyperModel(INITIAL_SPACE, input_shape=(8, 8, 3), num_classes=3)
+    tuner = make_tuner(kind, hm, tmp_path, max_trials=5, epochs=3)
+    first = tuner.oracle.create_trial("a").hyperparameters.values
+    second = tuner.oracle.create_trial("b").hyperparameters.values
+    assert first["base_width"] == 8 and first["learning_rate"] == 3e-3
+    assert first["batch_size"] == 16 and first["stage_depths"] == "1-1"  # defaults for the rest
+    assert (second["stage_depths"], second["base_width"], second["batch_size"]) == ("2-2", 4, 32)
+    hp_names = {k for k in second if not k.startswith("tuner/")}
+    assert hp_names == {"stage_depths", "base_width", "learning_rate", "batch_size"}

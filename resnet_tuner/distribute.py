@@ -1,0 +1,264 @@
+"""Distributed search on keras-tuner's own chief/worker engine.
+
+keras-tuner runs one *chief* process that holds the oracle behind a gRPC
+server, and any number of *workers* that ask it for trials, train them and
+report back; all of them share one run directory. The processes find each
+other through three environment variables, `KERASTUNER_TUNER_ID` ("chief" or
+a worker's name), `KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT`.
+`configure` sets them from the CLI's `--chief HOST:PORT` / `--worker HOST:PORT
+--worker-id ID`; variables set by hand keep working.
+
+On top of keras-tuner's engine this module adds what a long search on shared
+machines needs:
+
+* a worker that cannot reach the chief fails after `connect_timeout` seconds
+  with a message (keras-tuner's client waits up to an hour);
+* a worker sends a heartbeat while it trains; when the chief has not heard
+  from a worker for `worker_timeout` seconds, that worker's trial goes back in
+  the queue, so a killed worker loses only its running trial;
+* the chief keeps idle workers waiting while other trials are still running
+  (one of them may come back), and exits once every trial has ended.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+#: Seconds between a worker's heartbeats while it trains.
+HEARTBEAT_S = 2.0
+#: Seconds a worker's RPC may take before the worker gives up on the chief.
+RPC_TIMEOUT_S = 120.0
+#: Seconds the chief makes an idle worker wait before it asks again.
+IDLE_WAIT_S = 1.0
+
+ENV_ID, ENV_IP, ENV_PORT = "KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"
+
+
+class ChiefUnreachableError(ConnectionError):
+    """A worker could not reach the chief, or lost it."""
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`HOST:PORT` -> `(host, port)`; a clear `ValueError` otherwise."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:8000. Received: {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def configure(chief: str | None = None, worker: str | None = None,
+              worker_id: str | None = None) -> None:
+    """Sets keras-tuner's distribution variables for this process.
+
+    Args:
+        chief: `HOST:PORT` the chief listens on (this process is the chief).
+        worker: `HOST:PORT` of the chief this worker joins.
+        worker_id: the worker's name, unique in the search (default: host-pid).
+    """
+    if chief and worker:
+        raise ValueError("A process is either the chief (--chief) or a worker (--worker), "
+                         "not both.")
+    if worker_id is not None and not worker:
+        raise ValueError("--worker-id needs --worker HOST:PORT.")
+    if chief:
+        host, port = parse_address(chief)
+        os.environ.update({ENV_ID: "chief", ENV_IP: host, ENV_PORT: str(port)})
+    elif worker:
+        host, port = parse_address(worker)
+        if worker_id is None:
+            import socket
+
+            worker_id = f"{socket.gethostname()}-{os.getpid()}"
+        if not worker_id or "chief" in worker_id:
+            raise ValueError(f"A worker id must be non-empty and not contain 'chief' "
+                             f"(keras-tuner reads that as the chief). Received: {worker_id!r}")
+        os.environ.update({ENV_ID: worker_id, ENV_IP: host, ENV_PORT: str(port)})
+
+
+def role() -> str | None:
+    """`"chief"`, `"worker"` or None (not distributed), from the environment."""
+    if ENV_IP not in os.environ:
+        return None
+    missing = [name for name in (ENV_PORT, ENV_ID) if not os.environ.get(name)]
+    if missing:
+        raise ValueError(f"{ENV_IP} is set but {' and '.join(missing)} not: set all three of "
+                         f"{ENV_ID}, {ENV_IP}, {ENV_PORT}, or use --chief / --worker.")
+    return "chief" if "chief" in os.environ[ENV_ID] else "worker"
+
+
+def address() -> str:
+    return f"{os.environ[ENV_IP]}:{os.environ[ENV_PORT]}"
+
+
+def wait_for_chief(timeout: float) -> None:
+    """Returns once the chief answers; raises `ChiefUnreachableError` after `timeout` s."""
+    import grpc
+
+    channel = grpc.insecure_channel(address())
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise ChiefUnreachableError(
+            f"Could not reach the chief at {address()} within {timeout:g} s. Start the chief "
+            f"first (resnet-tuner search ... --chief {address()}), check the address and that "
+            "the port is open between the machines, or wait longer with --connect-timeout."
+        ) from None
+    finally:
+        channel.close()
+    # keras-tuner's client waits up to an hour on every call; a worker whose chief
+    # died should fail within minutes instead.
+    from keras_tuner.src.distribute import oracle_client
+
+    oracle_client.TIMEOUT = RPC_TIMEOUT_S
+
+
+class Heartbeat:
+    """Context manager: a worker thread telling the chief every `HEARTBEAT_S` s it is alive."""
+
+    def __init__(self, oracle_client, trial_id: str):
+        self._client, self._trial_id = oracle_client, trial_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="heartbeat")
+
+    def _beat(self):
+        from keras_tuner.src import protos
+
+        request = protos.get_service().GetTrialRequest(trial_id=self._trial_id)
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self._client.stub.GetTrial(request, timeout=HEARTBEAT_S * 5)
+            except Exception:  # the chief is busy or gone; the trial's own calls will tell
+                pass
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=HEARTBEAT_S * 6)
+
+
+def _servicer(oracle):
+    """keras-tuner's `OracleServicer`, noting when each trial's worker was last heard from."""
+    from keras_tuner.src import protos
+    from keras_tuner.src.distribute.oracle_chief import OracleServicer
+    from keras_tuner.src.engine import trial as trial_module
+
+    status = trial_module.TrialStatus
+
+    class Servicer(OracleServicer):
+        def __init__(self, oracle):
+            super().__init__(oracle)
+            self.seen: dict[str, float] = {}
+
+        def CreateTrial(self, request, context):  # noqa: N802 (gRPC method names)
+            trial = _create_trial(self.oracle, request.tuner_id)
+            if trial.status == status.STOPPED:
+                self.stop_triggered = True
+            elif trial.status == status.RUNNING:
+                self.seen[trial.trial_id] = time.monotonic()
+            else:  # IDLE: let the worker wait here instead of asking again at once
+                time.sleep(IDLE_WAIT_S)
+            return protos.get_service().CreateTrialResponse(trial=trial.to_proto())
+
+        def UpdateTrial(self, request, context):  # noqa: N802
+            self.seen[request.trial_id] = time.monotonic()
+            return super().UpdateTrial(request, context)
+
+        def GetTrial(self, request, context):  # noqa: N802
+            self.seen[request.trial_id] = time.monotonic()
+            return super().GetTrial(request, context)
+
+    return Servicer(oracle)
+
+
+def _synchronized(func):
+    from keras_tuner.src.engine.oracle import synchronized
+
+    return synchronized(func)
+
+
+@_synchronized
+def _create_trial(oracle, tuner_id):
+    """The oracle's next trial; IDLE instead of STOPPED while other trials still run."""
+    from keras_tuner.src.engine import trial as trial_module
+
+    trial = oracle.create_trial(tuner_id)
+    others = [t for t in oracle.ongoing_trials if t != tuner_id]
+    if trial.status == trial_module.TrialStatus.STOPPED and others:
+        oracle.tuner_ids.add(tuner_id)  # still a client: it will ask again
+        return trial_module.Trial(oracle.get_space(), status=trial_module.TrialStatus.IDLE)
+    return trial
+
+
+@_synchronized
+def _requeue(oracle, tuner_id, trial, reason):
+    """Puts a lost worker's trial back in the queue for the next worker that asks."""
+    from keras_tuner.src.engine import trial as trial_module
+
+    if oracle.ongoing_trials.get(tuner_id) is not trial:
+        return
+    oracle.ongoing_trials.pop(tuner_id)
+    oracle.tuner_ids.discard(tuner_id)
+    trial.status = trial_module.TrialStatus.INVALID
+    trial.message = reason
+    if trial.trial_id not in oracle._retry_queue:
+        oracle._retry_queue.append(trial.trial_id)
+    oracle._save_trial(trial)
+    oracle.save()
+
+
+@_synchronized
+def _finished(oracle):
+    return not oracle.ongoing_trials and not oracle.tuner_ids and not oracle._retry_queue
+
+
+def serve(oracle, worker_timeout: float = 60.0, on_trial_end: Callable | None = None,
+          log: Callable[[str], None] = print, poll: float = 0.5) -> None:
+    """Runs the chief: serves `oracle` until the search is over and every worker has left.
+
+    Args:
+        oracle: the chief tuner's oracle.
+        worker_timeout: seconds of silence after which a worker counts as lost.
+        on_trial_end: called with each trial that ends (for progress lines).
+        log: where the chief's messages go.
+        poll: seconds between the chief's checks.
+    """
+    from concurrent import futures
+
+    import grpc
+    from keras_tuner.src import protos
+
+    servicer = _servicer(oracle)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+    if server.add_insecure_port(address()) == 0:
+        raise OSError(f"The chief cannot listen on {address()}: the port is taken or the "
+                      "address is not this machine's.")
+    server.start()
+    log(f"chief: serving the search at {address()}; start workers with "
+        f"--worker {address()} --worker-id NAME")
+    reported = len(oracle.end_order)
+    try:
+        while True:
+            time.sleep(poll)
+            now = time.monotonic()
+            for tuner_id, trial in list(oracle.ongoing_trials.items()):
+                last = servicer.seen.setdefault(trial.trial_id, now)
+                if now - last > worker_timeout:
+                    log(f"chief: no word from worker {tuner_id} for {now - last:.0f} s; "
+                        f"trial {trial.trial_id} goes back in the queue")
+                    _requeue(oracle, tuner_id, trial,
+                             f"worker {tuner_id} stopped answering; trial rerun")
+            while on_trial_end is not None and reported < len(oracle.end_order):
+                on_trial_end(oracle.trials[oracle.end_order[reported]])
+                reported += 1
+            if servicer.stop_triggered and _finished(oracle):
+                break
+    finally:
+        server.stop(grace=2)
+    log("chief: every trial has ended; the search is over")
