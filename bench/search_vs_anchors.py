@@ -281,10 +281,12 @@ def throughput(model_cfg: ResNetConfig, train_cfg: TrainConfig, data, peak: floa
 # --------------------------------------------------------------------------- report
 
 
-def fmt(value, pct=False):
+def fmt(value, pct=False, unit=""):
     if value is None:
-        return "—"
-    return f"{100 * value:.1f} %" if pct else str(value)
+        return "not reached" if unit else "—"
+    if pct:
+        return f"{100 * value:.1f} %"
+    return f"{value:,}" if isinstance(value, int) else f"{value}{unit}"
 
 
 def markdown(report: dict) -> str:
@@ -304,8 +306,8 @@ def markdown(report: dict) -> str:
     for name, r in report["systems"].items():
         lines.append(
             f"| {name} | {r['trials']} | {fmt(r['best_val_accuracy'], True)} | "
-            f"{fmt(r['test_accuracy'], True)} | {fmt(r['time_to_95'])} s | "
-            f"{fmt(r['time_to_98'])} s | {fmt(r['params'])} |"
+            f"{fmt(r['test_accuracy'], True)} | {fmt(r['time_to_95'], unit=' s')} | "
+            f"{fmt(r['time_to_98'], unit=' s')} | {fmt(r['params'])} |"
         )
     if report.get("throughput"):
         t = report["throughput"]

@@ -20,6 +20,8 @@ def two_class_photos(root: str | Path, per_class: int = 60, seed: int = 0) -> Pa
     from sklearn.datasets import load_sample_images
 
     root = Path(root)
+    if root.is_dir() and any(root.iterdir()):  # made by an earlier run
+        return root
     rng = np.random.default_rng(seed)
     for name, photo in zip(("china", "flower"), load_sample_images().images, strict=True):
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -40,6 +42,8 @@ def digit_folders(root: str | Path, presplit: bool = False, size: int = 32,
     from sklearn.datasets import load_digits
 
     root = Path(root)
+    if root.is_dir() and any(root.iterdir()):  # made by an earlier run: keep its cache valid
+        return root
     digits = load_digits()
     order = np.random.default_rng(seed).permutation(len(digits.images))
     for rank, i in enumerate(order):

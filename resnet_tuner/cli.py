@@ -32,6 +32,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    return 0 if text.strip() == "0" else _positive_int(text)
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -78,6 +82,10 @@ def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
                         help="trials whose model has more parameters fail (default: no cap)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start over instead of resuming the run in --out")
+    parser.add_argument("--trials-per-process", type=_non_negative_int, default=1, metavar="N",
+                        help="run trials in fresh processes of N trials each, so memory that "
+                             "TensorFlow keeps after a trial is given back (default: 1; 0 runs "
+                             "every trial in this process)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-trials", type=_positive_int, default=4)
     demo.add_argument("--epochs", type=_positive_int, default=8)
     demo.add_argument("--overwrite", action="store_true")
+
+    # Internal: one search process of `run_search_in_processes`.
+    trials = commands.add_parser("_trials")
+    trials.add_argument("options")
+    trials.add_argument("--stop-after", type=int, required=True)
+    trials.add_argument("--started", type=float, required=True)
+    trials.add_argument("--done-at-start", type=int, required=True)
     return parser
 
 
@@ -166,12 +181,16 @@ def _options(args, data_dir: str):
     )
 
 
-def _search_and_export(options, **search_kwargs) -> tuple:
+def _search_and_export(options, trials_per_process: int = 0, **search_kwargs) -> tuple:
     from resnet_tuner.export import export_best
-    from resnet_tuner.search import run_search
+    from resnet_tuner.search import load_run, run_search, run_search_in_processes
 
     started = time.time()
-    tuner, data = run_search(options, **search_kwargs)
+    if trials_per_process:
+        run_search_in_processes(options, trials_per_process)
+        tuner, data, _ = load_run(options.out)
+    else:
+        tuner, data = run_search(options, **search_kwargs)
     bundle = export_best(tuner, Path(options.out) / "best", data=data)
     metrics = json.loads((bundle / "metrics.json").read_text())
     return bundle, metrics, time.time() - started
@@ -189,7 +208,8 @@ def cmd_search(args) -> int:
         tuner, _ = run_search(options, **timeouts)
         print(f"worker {tuner.tuner_id}: the search is over; the chief exports the best model")
         return 0
-    bundle, metrics, seconds = _search_and_export(options, **timeouts)
+    per_process = args.trials_per_process if distribute.role() is None else 0
+    bundle, metrics, seconds = _search_and_export(options, per_process, **timeouts)
     print(f"best model exported to {bundle}: test accuracy {100 * metrics['accuracy']:.2f} % "
           f"({seconds:.0f} s)")
     return 0
@@ -204,7 +224,7 @@ def cmd_demo(args) -> int:
     )
     print(f"demo: {options.max_trials} trials of the quick space on scikit-learn's digits "
           f"(32x32), {options.epochs} epochs each; run directory {options.out}")
-    bundle, metrics, seconds = _search_and_export(options)
+    bundle, metrics, seconds = _search_and_export(options, trials_per_process=1)
     print(f"demo done in {seconds / 60:.1f} min: test accuracy {100 * metrics['accuracy']:.2f} % "
           f"on {metrics['images']} held-out images; bundle in {bundle}")
     return 0
@@ -285,19 +305,36 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_trials(args) -> int:
+    """One process of a search run in fresh processes (see `run_search_in_processes`)."""
+    from resnet_tuner.search import HANDOVER_EXIT, SearchOptions, run_search
+
+    saved = json.loads(args.options)
+    saved["split"] = tuple(saved["split"])
+    try:
+        tuner, _ = run_search(SearchOptions(**saved), stop_after=args.stop_after,
+                              started=args.started, done_at_start=args.done_at_start)
+    except KeyboardInterrupt:
+        return 130  # the parent says so
+    return HANDOVER_EXIT if tuner.recycled else 0
+
+
 COMMANDS = {"search": cmd_search, "export": cmd_export, "predict": cmd_predict,
-            "report": cmd_report, "demo": cmd_demo}
+            "report": cmd_report, "demo": cmd_demo, "_trials": cmd_trials}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from resnet_tuner.distribute import ChiefUnreachableError
+    from resnet_tuner.search import SearchProcessError
     from resnet_tuner.space import SpaceError
     from resnet_tuner.transfer import WeightsUnavailableError
 
     try:
         return COMMANDS[args.command](args)
+    except SearchProcessError as err:  # the process printed its error
+        return err.code if err.code > 0 else 1
     except KeyboardInterrupt:
         print("\ninterrupted: finished trials are saved; run the same command to resume",
               file=sys.stderr)

@@ -81,6 +81,9 @@ class SearchOptions:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
+        from resnet_tuner.data import _check_split_fractions
+
+        _check_split_fractions(self.split)
         if self.data_dir != DIGITS and not Path(self.data_dir).is_dir():
             raise FileNotFoundError(
                 f"Image folder not found: {self.data_dir} (give a folder with one subfolder "
@@ -189,6 +192,14 @@ class RecordingTuner:
 
     #: Seconds of silence after which a distributed chief counts a worker as lost.
     worker_timeout: float = 60.0
+    #: Trials this process runs before it hands over to a fresh one (None: all).
+    stop_after: int | None = None
+    #: Set when this process stopped after `stop_after` trials with trials left.
+    recycled: bool = False
+    #: When the whole search started and how many trials had ended then, for
+    #: progress lines that span several processes (None: this process's own).
+    search_started_at: float | None = None
+    done_at_start: int | None = None
 
     def run_trial(self, trial, *args, **kwargs):
         from resnet_tuner import distribute
@@ -218,6 +229,12 @@ class RecordingTuner:
     def on_trial_end(self, trial):
         super().on_trial_end(trial)
         self._print_progress(trial)
+        self._ran_here = getattr(self, "_ran_here", 0) + 1
+        if self.stop_after and self._ran_here >= self.stop_after:
+            remaining = self.oracle.remaining_trials()
+            if remaining is None or remaining > 0:
+                self.recycled = True
+                raise _Handover()
 
     def _print_progress(self, trial):
         stream = self.progress_stream or sys.stdout
@@ -249,8 +266,8 @@ class RecordingTuner:
     def search(self, *args, **kwargs):
         from resnet_tuner import distribute
 
-        self._search_started = time.time()
-        self._done_before = sum(
+        self._search_started = self.search_started_at or time.time()
+        self._done_before = self.done_at_start if self.done_at_start is not None else sum(
             t.status in ("COMPLETED", "FAILED", "INVALID")
             for t in getattr(self.oracle, "trials", {}).values()
         )
@@ -266,6 +283,10 @@ class RecordingTuner:
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class _Handover(Exception):
+    """Raised after `stop_after` trials: this process ends, a fresh one resumes."""
 
 
 class InitialFirst:
@@ -366,7 +387,8 @@ def make_tuner(
 
 
 def run_search(options: SearchOptions, verbose: int = 1, *, connect_timeout: float = 60.0,
-               worker_timeout: float = 60.0):
+               worker_timeout: float = 60.0, stop_after: int | None = None,
+               started: float | None = None, done_at_start: int | None = None):
     """Runs (or resumes) a search; returns `(tuner, data)`.
 
     In a distributed search (see `resnet_tuner.distribute`) the chief serves
@@ -378,6 +400,10 @@ def run_search(options: SearchOptions, verbose: int = 1, *, connect_timeout: flo
         connect_timeout: seconds a worker waits for the chief.
         worker_timeout: seconds of silence after which the chief counts a
             worker as lost and queues its trial again.
+        stop_after: run at most this many trials, then return with
+            `tuner.recycled` set if trials are left (see `run_search_in_processes`).
+        started, done_at_start: the whole search's start time and finished
+            trials then, for progress lines across processes.
 
     Raises:
         ValueError / FileNotFoundError / SpaceError: bad options, data or space.
@@ -421,13 +447,18 @@ def run_search(options: SearchOptions, verbose: int = 1, *, connect_timeout: flo
         max_failures=options.max_failures,
     )
     tuner.worker_timeout = worker_timeout
+    tuner.stop_after, tuner.search_started_at = stop_after, started
+    tuner.done_at_start = done_at_start
     fit_kwargs: dict[str, Any] = {"verbose": 0}
     if options.tuner != "hyperband":
         fit_kwargs["epochs"] = epochs
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
         if role != "worker":
-            tuner.search(data, **fit_kwargs)
+            try:
+                tuner.search(data, **fit_kwargs)
+            except _Handover:
+                pass
             return tuner, data
         import grpc
 
@@ -440,6 +471,86 @@ def run_search(options: SearchOptions, verbose: int = 1, *, connect_timeout: flo
                 "Its trial goes to another worker once the chief notices."
             ) from None
     return tuner, data
+
+
+#: Exit code of a search process that stopped after its share of trials.
+HANDOVER_EXIT = 75
+
+
+class SearchProcessError(RuntimeError):
+    """A search process failed; it printed why. `code` is its exit code."""
+
+    def __init__(self, code: int):
+        super().__init__(f"search process exited with code {code}")
+        self.code = code
+
+
+def _finished_trials(run_dir: Path) -> int:
+    done = 0
+    for path in (run_dir / PROJECT).glob("trial_*/trial.json"):
+        try:
+            done += json.loads(path.read_text("utf-8")).get("status") in (
+                "COMPLETED", "FAILED", "INVALID")
+        except (OSError, ValueError):
+            pass
+    return done
+
+
+def _die_with_parent() -> None:  # pragma: no cover (runs in the child before exec)
+    """Linux: the child gets SIGKILL when its parent dies (kill -9 included)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_search_in_processes(options: SearchOptions, trials_per_process: int = 1) -> None:
+    """Runs a search in a series of fresh processes of `trials_per_process` trials each.
+
+    TensorFlow does not give back all the memory of a trained model, even after
+    `keras.backend.clear_session()`: on the quick space about 40 MB a trial
+    (bench/trial_memory.py). Each process resumes the run directory (finished
+    trials are kept, exactly like a rerun of the command) and exits after its
+    share, so resident memory stays flat however long the search. Costs one
+    TensorFlow start per process (a few seconds).
+
+    Raises:
+        ValueError / FileNotFoundError / SpaceError: bad options or space
+            (checked here, before any process starts).
+        SearchProcessError: a process failed; it printed its error.
+    """
+    import subprocess
+
+    options.validate()
+    search_space(options)
+    run_dir = Path(options.out)
+    check_resume(run_dir, options)
+    started = time.time()
+    done = 0 if options.overwrite else _finished_trials(run_dir)
+    first = True
+    while True:
+        child = dataclasses.replace(options, overwrite=options.overwrite and first)
+        command = [sys.executable, "-m", "resnet_tuner.cli", "_trials",
+                   json.dumps(_jsonable(dataclasses.asdict(child))),
+                   "--stop-after", str(trials_per_process), "--started", repr(started),
+                   "--done-at-start", str(done)]
+        proc = subprocess.Popen(
+            command, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None
+        )
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:  # Ctrl-C reaches the child too; let it save and stop
+            proc.wait()
+            raise
+        if code == HANDOVER_EXIT:
+            first = False
+            continue
+        if code != 0:
+            raise SearchProcessError(code)
+        return
 
 
 def load_run(run_dir: str | os.PathLike):

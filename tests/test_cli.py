@@ -69,7 +69,7 @@ def test_search_writes_a_run_and_a_bundle(run, capsys):
     assert all((d / "history.json").is_file() for d in trial_dirs(out))
 
 
-def test_rerun_resumes_without_rerunning_finished_trials(run, capsys):
+def test_rerun_resumes_without_rerunning_finished_trials(run, capfd):
     out = run["out"]
     before = {d.name: json.loads((d / "history.json").read_text())["started"]
               for d in trial_dirs(out)}
@@ -81,7 +81,7 @@ def test_rerun_resumes_without_rerunning_finished_trials(run, capsys):
              for d in trial_dirs(out)}
     assert len(after) == 3
     assert all(after[name] == started for name, started in before.items())
-    printed = capsys.readouterr().out
+    printed = capfd.readouterr().out  # the trial processes print it
     assert "trial 3 of 3" in printed and "left" in printed
 
 
@@ -164,7 +164,7 @@ def test_console_script_is_installed():
     assert done.returncode == 0 and "search" in done.stdout
 
 
-def test_max_params_fails_trials_and_stops_with_their_reasons(tmp_path, capsys):
+def test_max_params_fails_trials_and_stops_with_their_reasons(tmp_path, capfd):
     folder = make_folder(tmp_path / "shapes")
     space = tmp_path / "tiny.toml"
     space.write_text(TINY_SPACE)
@@ -172,8 +172,32 @@ def test_max_params_fails_trials_and_stops_with_their_reasons(tmp_path, capsys):
                      "--tuner", "random", "--max-trials", "5", "--image-size", "16",
                      "--split", "0.5,0.25,0.25", "--max-params", "50"])
     assert code == 2
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert "consecutive" in err and "Oversized model" in err
     statuses = [json.loads((d / "trial.json").read_text())["status"]
                 for d in trial_dirs(tmp_path / "run")]
     assert statuses.count("FAILED") >= 2 and "COMPLETED" not in statuses
+
+
+def test_trials_run_in_fresh_processes_and_in_process_alike(tmp_path, capfd):
+    """The default hands over to a new process after each trial; 0 keeps one process."""
+    folder = make_folder(tmp_path / "shapes")
+    space = tmp_path / "tiny.toml"
+    space.write_text(TINY_SPACE)
+    common = [str(folder), "--space", str(space), "--tuner", "random", "--max-trials", "3",
+              "--image-size", "16", "--split", "0.5,0.25,0.25"]
+    assert cli.main(["search", *common, "--out", str(tmp_path / "a")]) == 0
+    printed = capfd.readouterr().out
+    # Trials 2 and 3 each in a new process that resumes, then the export reloads the run.
+    assert printed.count("Reloading Tuner") == 3
+    assert "trial 3 of 3" in printed
+    assert cli.main(["search", *common, "--out", str(tmp_path / "b"),
+                     "--trials-per-process", "0"]) == 0
+    assert "Reloading Tuner" not in capfd.readouterr().out
+
+    def values(run):
+        return sorted(json.dumps(json.loads(p.read_text())["hyperparameters"]["values"],
+                                 sort_keys=True)
+                      for p in (tmp_path / run / "tuner").glob("trial_*/trial.json"))
+
+    assert values("a") == values("b") and len(values("a")) == 3

@@ -56,6 +56,18 @@ def wait_for(predicate, timeout=180, what=""):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def processes_mentioning(text):
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            pass
+    return found
+
+
 def trials(out):
     found = {}
     for path in sorted((out / "tuner").glob("trial_*/trial.json")):
@@ -164,6 +176,8 @@ def test_kill_9_then_rerun_completes_like_an_uninterrupted_run(setup):
     wait_for(lambda: len(list((out / "tuner").glob("trial_*"))) >= 2, what="trial 2 to start")
     first.send_signal(signal.SIGKILL)
     finish(first)
+    # The trial runs in a child process: it must die with the killed command.
+    wait_for(lambda: not processes_mentioning(str(out)), timeout=15, what="the trial process")
     kept = (out / "tuner" / "trial_0" / "trial.json").read_text()
     assert len([t for t in trials(out).values() if t["status"] == "COMPLETED"]) == 1
     second_log = finish(start(args, tmp_path / "second.log"))

@@ -14,12 +14,12 @@ PORT=${3:-8470}
 ARGS=(search "$DATA" --out "$RUN" --space quick --tuner random --max-trials 6 --epochs 4
       --image-size 32)
 
-resnet-tuner "${ARGS[@]}" --chief "127.0.0.1:$PORT" > "chief.log" 2>&1 &
+mkdir -p "$RUN"
+resnet-tuner "${ARGS[@]}" --chief "127.0.0.1:$PORT" > "$RUN/chief.log" 2>&1 &
 CHIEF=$!
 for id in w1 w2; do
-  # Each worker uses one core here; on a real cluster drop the limits.
-  TF_NUM_INTRAOP_THREADS=1 resnet-tuner "${ARGS[@]}" --worker "127.0.0.1:$PORT" \
-      --worker-id "$id" > "$id.log" 2>&1 &
+  resnet-tuner "${ARGS[@]}" --worker "127.0.0.1:$PORT" --worker-id "$id" > "$RUN/$id.log" 2>&1 &
 done
 wait "$CHIEF"
-tail -n 3 chief.log w1.log w2.log
+wait
+tail -n 3 "$RUN/chief.log" "$RUN/w1.log" "$RUN/w2.log"
