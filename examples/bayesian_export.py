@@ -33,8 +33,9 @@ def main() -> None:
 
     data = ImageFolder(folder, image_size=args.size, cache_dir=work / "cache")
     hypermodel = ResNetHyperModel("quick", data=data)
+    # keras-tuner reads seed=0 as "no seed" (a random one each run): use 1 or more.
     tuner = kt.BayesianOptimization(hypermodel, objective="val_accuracy",
-                                    max_trials=args.trials, directory=str(work), seed=0)
+                                    max_trials=args.trials, directory=str(work), seed=1)
     tuner.search(data, epochs=args.epochs, verbose=0)
     bundle = export_best(tuner, work / "best", data=data)
     print(f"best model in {bundle}")

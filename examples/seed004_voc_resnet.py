@@ -65,8 +65,9 @@ def main() -> None:
     hypermodel = ResNetHyperModel(space(args.scale), data=data)
     # overwrite=False: running the same command again resumes the saved search,
     # like the post's "load resnet_50.h5 if it exists", but per trial.
+    # keras-tuner reads seed=0 as "no seed" (a random one each run): use 1 or more.
     tuner = kt.RandomSearch(hypermodel, objective="val_accuracy", max_trials=args.trials,
-                            directory=str(work), project_name="voc", seed=0, overwrite=False)
+                            directory=str(work), project_name="voc", seed=1, overwrite=False)
     tuner.search(data, epochs=args.epochs, verbose=0)
     bundle = export_best(tuner, work / "best", data=data)
     metrics = json.loads((bundle / "metrics.json").read_text())
