@@ -309,11 +309,10 @@ def cmd_trials(args) -> int:
     """One process of a search run in fresh processes (see `run_search_in_processes`)."""
     from resnet_tuner.search import HANDOVER_EXIT, SearchOptions, run_search
 
-    saved = json.loads(args.options)
-    saved["split"] = tuple(saved["split"])
     try:
-        tuner, _ = run_search(SearchOptions(**saved), stop_after=args.stop_after,
-                              started=args.started, done_at_start=args.done_at_start)
+        options = SearchOptions.from_dict(json.loads(args.options))
+        tuner, _ = run_search(options, stop_after=args.stop_after, started=args.started,
+                              done_at_start=args.done_at_start)
     except KeyboardInterrupt:
         return 130  # the parent says so
     return HANDOVER_EXIT if tuner.recycled else 0

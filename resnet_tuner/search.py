@@ -26,6 +26,8 @@ from resnet_tuner.config import TUNERS
 from resnet_tuner.space import SearchSpace, load_space
 
 RUN_FILE = "run.json"
+#: keras-tuner trial statuses of a trial that will not run again.
+ENDED = ("COMPLETED", "FAILED", "INVALID")
 MANIFEST_FILE = "manifest.json"
 PROJECT = "tuner"
 #: Bumped when the layout of a run directory changes in a way old runs can't resume.
@@ -89,6 +91,14 @@ class SearchOptions:
                 f"Image folder not found: {self.data_dir} (give a folder with one subfolder "
                 f"per class, or '{DIGITS}' for the bundled digits)"
             )
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> SearchOptions:
+        """Options from `dataclasses.asdict` JSON (run.json); unknown keys are ignored."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in saved.items() if k in fields}
+        values["split"] = tuple(values.get("split", (0.8, 0.1, 0.1)))
+        return cls(**values)
 
     # Settings that define a run: resuming with others would mix two searches.
     IDENTITY = ("data_dir", "space", "tuner", "image_size", "batch_size", "seed", "split",
@@ -244,7 +254,7 @@ class RecordingTuner:
                   f"{self.oracle.objective.name}={score}", file=stream, flush=True)
             return
         trials = list(self.oracle.trials.values())
-        done = [t for t in trials if t.status in ("COMPLETED", "FAILED", "INVALID")]
+        done = [t for t in trials if t.status in ENDED]
         start = getattr(self, "_search_started", time.time())
         elapsed = time.time() - start
         this_session = max(1, len(done) - getattr(self, "_done_before", 0))
@@ -268,8 +278,7 @@ class RecordingTuner:
 
         self._search_started = self.search_started_at or time.time()
         self._done_before = self.done_at_start if self.done_at_start is not None else sum(
-            t.status in ("COMPLETED", "FAILED", "INVALID")
-            for t in getattr(self.oracle, "trials", {}).values()
+            t.status in ENDED for t in getattr(self.oracle, "trials", {}).values()
         )
         if distribute.role() == "chief":  # serve trials to the workers until all are done
             self.save()
@@ -452,19 +461,17 @@ def run_search(options: SearchOptions, verbose: int = 1, *, connect_timeout: flo
     fit_kwargs: dict[str, Any] = {"verbose": 0}
     if options.tuner != "hyperband":
         fit_kwargs["epochs"] = epochs
+    import grpc
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
-        if role != "worker":
-            try:
-                tuner.search(data, **fit_kwargs)
-            except _Handover:
-                pass
-            return tuner, data
-        import grpc
-
         try:
             tuner.search(data, **fit_kwargs)
+        except _Handover:  # this process ran its share (`stop_after`)
+            pass
         except grpc.RpcError as err:
+            if role != "worker":
+                raise
             detail = err.details() if hasattr(err, "details") else str(err)
             raise distribute.ChiefUnreachableError(
                 f"Worker {tuner.tuner_id} lost the chief at {distribute.address()}: {detail}. "
@@ -489,8 +496,7 @@ def _finished_trials(run_dir: Path) -> int:
     done = 0
     for path in (run_dir / PROJECT).glob("trial_*/trial.json"):
         try:
-            done += json.loads(path.read_text("utf-8")).get("status") in (
-                "COMPLETED", "FAILED", "INVALID")
+            done += json.loads(path.read_text("utf-8")).get("status") in ENDED
         except (OSError, ValueError):
             pass
     return done
@@ -562,10 +568,7 @@ def load_run(run_dir: str | os.PathLike):
     if not record_path.is_file():
         raise FileNotFoundError(f"Not a resnet-tuner run directory (no {RUN_FILE}): {run_dir}")
     record = json.loads(record_path.read_text("utf-8"))
-    fields = {f.name for f in dataclasses.fields(SearchOptions)}
-    saved = {k: v for k, v in record["options"].items() if k in fields}
-    saved["split"] = tuple(saved.get("split", (0.8, 0.1, 0.1)))
-    options = SearchOptions(**{**saved, "overwrite": False})
+    options = SearchOptions.from_dict({**record["options"], "overwrite": False})
     space = search_space(options)
     data = load_data(options, run_dir, verbose=0)
     hypermodel = ResNetHyperModel(space, input_shape=data.input_shape, num_classes=data.num_classes)

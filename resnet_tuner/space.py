@@ -261,7 +261,6 @@ class SearchSpace:
                 f"{source}: unknown section(s) {unknown}; expected {sorted(SCHEMA)}"
             )
         self.description = str(raw.get("description", ""))
-        self._raw_initial = raw.get("initial", [])
         self.fields: dict[str, dict[str, Fixed | Choice | Range]] = {}
         for section, kinds in SCHEMA.items():
             table = raw.get(section, {})
@@ -278,7 +277,7 @@ class SearchSpace:
                 for name, value in table.items()
             }
         self._check_consistency()
-        self.initial = self._check_initial(self._raw_initial)
+        self.initial = self._check_initial(raw.get("initial", []))
 
     def _check_initial(self, raw: Any, lenient: bool = False) -> list[dict[str, Any]]:
         """`[[initial]]` tables: hyperparameter values the search tries first.
@@ -292,16 +291,17 @@ class SearchSpace:
             raw = [raw]
         if not isinstance(raw, list) or not all(isinstance(t, Mapping) for t in raw):
             raise SpaceError(f"{self.source}: initial must be a list of tables ([[initial]])")
+        if lenient:
+            probe = kt.HyperParameters()
+            self.sample(probe)
+            now_tuned = {h.name: h for h in probe.space}
         checked = []
         for i, table in enumerate(raw):
             where = f"{self.source}: [[initial]] #{i + 1}"
             values = {name: _encode(value) for name, value in table.items()}
             if lenient:
-                probe = kt.HyperParameters()
-                self.sample(probe)
-                tuned = {h.name: h for h in probe.space}
                 values = {k: v for k, v in values.items()
-                          if k in tuned and _allowed(tuned[k], v)}
+                          if k in now_tuned and _allowed(now_tuned[k], v)}
             hp = kt.HyperParameters()
             hp.values.update(values)
             failure = None
