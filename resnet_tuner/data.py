@@ -404,7 +404,8 @@ class ImageData:
         """
         return self._gather(self._index[_check_split(split)])
 
-    def dataset(self, split: str, batch_size: int | None = None, shuffle: bool | None = None):
+    def dataset(self, split: str, batch_size: int | None = None, shuffle: bool | None = None,
+                drop_remainder: bool | None = None):
         """A batched `tf.data.Dataset` of `(uint8 images, int32 labels)`.
 
         Row numbers are shuffled (train: seeded, reshuffled every epoch) and
@@ -416,6 +417,12 @@ class ImageData:
             split: `"train"`, `"val"` or `"test"`.
             batch_size: defaults to `self.batch_size`.
             shuffle: defaults to True for `train`, False otherwise.
+            drop_remainder: leave out the last, smaller batch of each pass.
+                Defaults to True when shuffling a split of at least one batch
+                (every image still takes part, as the order changes each
+                epoch): training steps then all have one shape, which avoids
+                a crash of TensorFlow's oneDNN CPU kernels (see
+                `bench/ragged_batch.py`). Evaluation keeps every image.
 
         Returns:
             A `tf.data.Dataset` yielding `(images, labels)` batches.
@@ -430,12 +437,14 @@ class ImageData:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer. Received: {batch_size!r}")
         shuffle = split == "train" if shuffle is None else shuffle
+        if drop_remainder is None:
+            drop_remainder = shuffle and len(rows) >= batch_size
         height, width = self.image_size
 
         ds = tf.data.Dataset.from_tensor_slices(rows)
         if shuffle:
             ds = ds.shuffle(max(1, len(rows)), seed=self.seed, reshuffle_each_iteration=True)
-        ds = ds.batch(batch_size)
+        ds = ds.batch(batch_size, drop_remainder=bool(drop_remainder))
 
         def read(batch_rows):
             images, labels = tf.numpy_function(self._gather, [batch_rows], [tf.uint8, tf.int32])

@@ -122,12 +122,15 @@ class ResNetHyperModel(kt.HyperModel):
             if class_weight == "balanced":
                 class_weight = data.class_weights()
         elif isinstance(x, tf.data.Dataset):
-            batched = len(x.element_spec[0].shape) == len(self.input_shape) + 1
-            x = x.rebatch(train.batch_size) if batched else x.batch(train.batch_size)
+            x = full_batches(x, train.batch_size, len(self.input_shape))
         else:
-            kwargs.setdefault("batch_size", train.batch_size)
             if class_weight == "balanced":
                 class_weight = balanced_class_weights(np.asarray(y))
+            if y is not None and "sample_weight" not in kwargs and kwargs.get("shuffle", True):
+                x, y = shuffled_full_batches(x, y, train.batch_size), None
+                kwargs.pop("shuffle", None)
+            else:
+                kwargs.setdefault("batch_size", train.batch_size)
         if class_weight is not None:
             kwargs.setdefault("class_weight", dict(class_weight))
         kwargs["callbacks"] = [
@@ -143,6 +146,48 @@ class ResNetHyperModel(kt.HyperModel):
                 f"out of memory training {model.name} ({model.count_params():,} parameters, "
                 f"batch size {train.batch_size}): {str(err).splitlines()[0][:300]}"
             ) from err
+
+
+def full_batches(ds, batch_size: int, image_rank: int = 3):
+    """`ds` (batched or not) rebatched to exactly `batch_size`, the last smaller batch left out.
+
+    Every training step then has one input shape: a second model trained in
+    the same process with a smaller last batch crashed TensorFlow's oneDNN CPU
+    kernels (TF 2.21 on AVX-512; `bench/ragged_batch.py`). A dataset known to
+    hold less than one batch (a single batch, or fewer samples) is kept whole.
+    """
+    size = int(ds.cardinality())  # <0: unknown or infinite
+    if len(ds.element_spec[0].shape) == image_rank + 1:  # already batched
+        return ds.rebatch(batch_size, drop_remainder=size < 0 or size > 1)
+    return ds.batch(batch_size, drop_remainder=size < 0 or size >= batch_size)
+
+
+def shuffled_full_batches(x, y, batch_size: int, seed: int | None = None):
+    """Numpy `(x, y)` as a dataset of shuffled batches of exactly `batch_size`.
+
+    Reshuffled every epoch, so every sample takes part across epochs; rows are
+    gathered from the arrays batch by batch (no copy of the whole set). With
+    fewer samples than one batch, that one smaller batch is kept.
+    """
+    import tensorflow as tf
+
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) != len(y):
+        raise ValueError(f"x and y hold different numbers of samples: {len(x)} and {len(y)}")
+    rows = tf.data.Dataset.range(len(x)).shuffle(max(1, len(x)), seed=seed,
+                                                 reshuffle_each_iteration=True)
+    rows = rows.batch(batch_size, drop_remainder=len(x) >= batch_size)
+
+    def gather(index):
+        return x[index], y[index]
+
+    def read(index):
+        xb, yb = tf.numpy_function(gather, [index], [tf.as_dtype(x.dtype), tf.as_dtype(y.dtype)])
+        xb.set_shape((None, *x.shape[1:]))
+        yb.set_shape((None, *y.shape[1:]))
+        return xb, yb
+
+    return rows.map(read, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 class FailOnNaN(keras.callbacks.Callback):
