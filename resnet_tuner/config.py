@@ -6,6 +6,12 @@ augmentation layers that run in training only, and the classification head.
 It round-trips through JSON so the best model of a search can be rebuilt from
 `config.json` alone, without keras-tuner.
 
+This module imports neither TensorFlow nor Keras (the CLI reads it to answer
+`--help` quickly), so it keeps the option *names* of the model's dispatch
+tables; `resnet_tuner.model` checks at import that its tables have exactly
+these rows. `BOUNDS` is the one source of numeric bounds: validation here and
+the search-space schema both read it.
+
 Training settings (optimizer, learning rate, batch size, ...) are not part of
 the network and live in `TrainConfig`.
 """
@@ -17,17 +23,40 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+#: Rows of `model.blocks.BLOCKS`, `SHORTCUTS` and `STEMS`.
 BLOCK_TYPES = ("basic", "bottleneck")
 SHORTCUT_MODES = ("A", "B", "C")
 STEM_TYPES = ("imagenet", "cifar", "strided3x3")
-BACKBONES = ("scratch", "resnet50")
+#: Pretrained backbones (`model.backbones.BACKBONES`) -> number of stages that
+#: `freeze_stages` counts: ResNet50 has a stem (conv1) and four residual stages
+#: (conv2..conv5), `freeze_stages=k` freezes conv1..convk.
+PRETRAINED_STAGES = {"resnet50": 5}
+BACKBONES = ("scratch", *PRETRAINED_STAGES)
 FLIP_MODES = ("none", "horizontal", "vertical", "both")
+#: Rows of `training.OPTIMIZERS`.
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 LR_SCHEDULES = ("cosine", "constant")
 TUNERS = ("hyperband", "random", "bayesian", "grid")
-#: ResNet50 from keras.applications has a stem (conv1) and four residual stages
-#: (conv2..conv5); `freeze_stages=k` freezes conv1..convk.
-RESNET50_STAGES = 5
+
+#: Inclusive bounds of the numeric fields of `ResNetConfig` and `TrainConfig`
+#: (of every entry for `stage_depths` and `stage_widths`).
+BOUNDS: dict[str, tuple[float, float]] = {
+    "stage_depths": (1, 64),
+    "stage_widths": (1, 4096),
+    "stem_width": (1, 4096),
+    "expansion": (1, 16),
+    "bn_epsilon": (1e-9, 1.0),
+    "bn_momentum": (0.0, 0.999),
+    "dropout": (0.0, 0.95),
+    "head_hidden": (0, 16384),
+    "shift": (0.0, 0.5),
+    "learning_rate": (1e-8, 10.0),
+    "batch_size": (1, 65536),
+    "epochs": (1, 100000),
+    "label_smoothing": (0.0, 0.5),
+    "weight_decay": (0.0, 1.0),
+    "momentum": (0.0, 0.999),
+}
 
 
 def _fail(name: str, value: Any, expected: str) -> ValueError:
@@ -43,20 +72,40 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_positive_ints(name: str, values: Any) -> None:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_bounded(obj: Any, name: str) -> None:
+    """Checks field `name` of `obj` against `BOUNDS` (an integer field if its bounds are)."""
+    low, high = BOUNDS[name]
+    value = getattr(obj, name)
+    if isinstance(low, int):
+        if not _is_int(value) or not low <= value <= high:
+            raise _fail(name, value, f"an integer from {low} to {high}")
+    elif not _is_number(value) or not low <= value <= high:
+        raise _fail(name, value, f"a number from {low} to {high}")
+
+
+def _check_bounds(config: Any) -> None:
+    """Checks every scalar field of `config` that `BOUNDS` lists."""
+    for field in dataclasses.fields(config):
+        if field.name in BOUNDS and field.name not in STAGE_FIELDS:
+            _check_bounded(config, field.name)
+
+
+#: Fields with one entry per stage; `BOUNDS` gives the bounds of each entry.
+STAGE_FIELDS = ("stage_depths", "stage_widths")
+
+
+def _check_stage_ints(name: str, values: Any) -> None:
+    low, high = BOUNDS[name]
     if (
         not isinstance(values, tuple)
         or not values
-        or not all(_is_int(v) and v > 0 for v in values)
+        or not all(_is_int(v) and low <= v <= high for v in values)
     ):
-        raise _fail(name, values, "a non-empty sequence of positive integers")
-
-
-def _check_fraction(name: str, value: Any, *, upper_open: bool = True) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and 0.0 <= value < 1.0 if upper_open else ok and 0.0 <= value <= 1.0
-    if not ok:
-        raise _fail(name, value, "a number in [0, 1)" if upper_open else "a number in [0, 1]")
+        raise _fail(name, values, f"a non-empty sequence of integers from {low} to {high}")
 
 
 @dataclass(frozen=True)
@@ -76,14 +125,15 @@ class ResNetConfig:
             projection where the shape changes, `"C"` projection on every block
             (He et al. 2015, sec. 3.3).
         stem: `"imagenet"` (7x7/2 conv + 3x3/2 max-pool), `"cifar"` (3x3/1
-            conv) or `"strided3x3"` (3x3/2 conv, no pool: the 003 seed's).
+            conv) or `"strided3x3"` (3x3/2 conv, no pool, as the mini-ResNet
+            of a cats-vs-dogs tutorial).
         stem_width: filters of the stem convolution.
         expansion: output channels of a bottleneck block divided by its inner
             width (4 in the paper). Ignored by basic blocks.
         preactivation: ResNet v2 ordering (BN -> ReLU -> conv, He et al. 2016).
         conv_bias: give convolutions a bias. Off by default: a bias right
             before BatchNormalization is redundant. keras.applications.ResNet50
-            and the 003 seed keep it.
+            and the cats-vs-dogs tutorial's mini-ResNet keep it.
         bn_epsilon: BatchNormalization epsilon.
         bn_momentum: BatchNormalization moving-average momentum. 0.9 (PyTorch's
             and timm's 0.1 in their convention), not Keras' 0.99: a search
@@ -91,21 +141,24 @@ class ResNetConfig:
             statistics are still far from the data when validation runs.
         dropout: dropout rate before the classifier.
         head_hidden: units of an optional hidden ReLU dense layer in the head
-            (0 for none; the 003 seed uses 10).
+            (0 for none; the cats-vs-dogs mini-ResNet uses 10).
         binary_head: for 2 classes, one sigmoid unit instead of a softmax.
-        backbone: `"scratch"` (this builder) or `"resnet50"`
-            (keras.applications.ResNet50 with pretrained weights).
+        backbone: `"scratch"` (this builder) or a pretrained network of
+            `PRETRAINED_STAGES` (`"resnet50"`: keras.applications.ResNet50).
         freeze_stages: stages frozen from the input side, 0 (all trainable) to
             5 for ResNet50 (conv1..conv5 frozen). Frozen BatchNorm layers run in
             inference mode.
-        weights: for `backbone="resnet50"`: `"imagenet"`, a path to a weights
+        weights: for a pretrained backbone: `"imagenet"`, a path to a weights
             file, or `None` for random initialisation.
         flip: random flips in training: `"none"`, `"horizontal"`,
-            `"vertical"` or `"both"` (the 003 seed's cv2.flip codes 1, 0, -1).
+            `"vertical"` or `"both"` (cv2.flip codes 1, 0, -1).
         gamma: `(low, high)` range of a random gamma `x ** g` applied in
-            training, or `None`. The 003 seed draws g from 0.4..0.7.
+            training, or `None` (a cats-vs-dogs tutorial draws g from 0.4..0.7).
         shift: random translation in training, as a fraction of height and
-            width (the 004 seed's 0.1); 0 disables it.
+            width (0.1 is common); 0 disables it.
+
+    The augmentation fields (flip, gamma, shift) are rows of
+    `model.augment.AUGMENTATIONS`; at inference their layers are the identity.
     """
 
     block: str = "basic"
@@ -144,27 +197,18 @@ class ResNetConfig:
         _check_choice("stem", self.stem, STEM_TYPES)
         _check_choice("backbone", self.backbone, BACKBONES)
         _check_choice("flip", self.flip, FLIP_MODES)
-        _check_positive_ints("stage_depths", self.stage_depths)
-        _check_positive_ints("stage_widths", self.stage_widths)
+        _check_stage_ints("stage_depths", self.stage_depths)
+        _check_stage_ints("stage_widths", self.stage_widths)
         if len(self.stage_depths) != len(self.stage_widths):
             raise ValueError(
                 "stage_depths and stage_widths must have the same length (one entry per "
                 f"stage). Received: stage_depths={self.stage_depths}, "
                 f"stage_widths={self.stage_widths}"
             )
-        for name in ("stem_width", "expansion"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
-                raise _fail(name, getattr(self, name), "a positive integer")
-        if not _is_int(self.head_hidden) or self.head_hidden < 0:
-            raise _fail("head_hidden", self.head_hidden, "a non-negative integer (0: no layer)")
+        _check_bounds(self)
         for name in ("preactivation", "conv_bias", "binary_head"):
             if not isinstance(getattr(self, name), bool):
                 raise _fail(name, getattr(self, name), "True or False")
-        if not isinstance(self.bn_epsilon, (int, float)) or self.bn_epsilon <= 0:
-            raise _fail("bn_epsilon", self.bn_epsilon, "a positive number")
-        _check_fraction("dropout", self.dropout)
-        _check_fraction("bn_momentum", self.bn_momentum)
-        _check_fraction("shift", self.shift)
         if self.gamma is not None:
             g = self.gamma
             if (
@@ -174,7 +218,7 @@ class ResNetConfig:
                 or g[0] > g[1]
             ):
                 raise _fail("gamma", g, "None or a (low, high) pair with 0 < low <= high")
-        max_freeze = RESNET50_STAGES if self.backbone == "resnet50" else 1 + len(self.stage_depths)
+        max_freeze = PRETRAINED_STAGES.get(self.backbone, 1 + len(self.stage_depths))
         if not _is_int(self.freeze_stages) or not 0 <= self.freeze_stages <= max_freeze:
             raise _fail("freeze_stages", self.freeze_stages, f"an integer from 0 to {max_freeze}")
         if self.weights is not None and not isinstance(self.weights, str):
@@ -191,7 +235,12 @@ class ResNetConfig:
 
     @property
     def block_expansion(self) -> int:
-        """Output channels of a block divided by `stage_widths` (1 for basic blocks)."""
+        """Output channels of a block divided by `stage_widths` (1 for basic blocks).
+
+        Mirrors `model.blocks.BLOCKS[block].expansion` without importing Keras
+        (the option A check of `validate` needs it); a test runs every block row
+        against it.
+        """
         return self.expansion if self.block == "bottleneck" else 1
 
     @property
@@ -240,7 +289,8 @@ class ResNetConfig:
         Args:
             name: one of `ResNetConfig.preset_names()`: the paper's ImageNet
                 networks `resnet18/34/50/101/152`, its CIFAR networks
-                `resnet20/32/44/56/110`, and the 003 seed's `mini_resnet`.
+                `resnet20/32/44/56/110`, and `mini_resnet` (the mini-ResNet of a
+                cats-vs-dogs tutorial).
             **overrides: any field, e.g. `conv_bias=True`.
 
         Example:
@@ -282,7 +332,7 @@ PRESETS: dict[str, ResNetConfig] = {
     "resnet101": _imagenet("bottleneck", (3, 4, 23, 3)),
     "resnet152": _imagenet("bottleneck", (3, 8, 36, 3)),
     **{f"resnet{6 * n + 2}": _cifar(n) for n in (3, 5, 7, 9, 18)},
-    # The 003 seed's `mini_resnet`: 3x3/2 stem of 32, six basic blocks
+    # The mini-ResNet of a cats-vs-dogs tutorial: 3x3/2 stem of 32, six basic blocks
     # (32 s1 | 64 s2, 64 | 128 s2, 128 | 256 s2), projection shortcuts where the
     # shape changes, biased convs, GAP -> Dense(10, relu) -> Dense(1, sigmoid).
     "mini_resnet": ResNetConfig(
@@ -312,9 +362,8 @@ class TrainConfig:
         weight_decay: decoupled weight decay of the optimizer (0 for none).
         momentum: momentum for SGD and RMSprop.
         lr_schedule: `"cosine"` (decay to 1 % over the trial's epochs, stepped
-            every batch) or `"constant"`. Cosine settles short searches: on
-            digits it took a quick-space model from 96-99 % to 99-100 % test
-            accuracy at the same epochs.
+            every batch) or `"constant"`. Cosine settles the short training
+            runs of a search.
     """
 
     optimizer: str = "adam"
@@ -329,15 +378,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        if not isinstance(self.learning_rate, (int, float)) or not self.learning_rate > 0:
-            raise _fail("learning_rate", self.learning_rate, "a positive number")
-        for name in ("batch_size", "epochs"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
-                raise _fail(name, getattr(self, name), "a positive integer")
-        _check_fraction("label_smoothing", self.label_smoothing)
-        _check_fraction("momentum", self.momentum)
-        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
-            raise _fail("weight_decay", self.weight_decay, "a non-negative number")
+        _check_bounds(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

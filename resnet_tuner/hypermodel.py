@@ -15,15 +15,19 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from resnet_tuner.builder import build_resnet
 from resnet_tuner.config import ResNetConfig, TrainConfig
+from resnet_tuner.model import build_resnet
 from resnet_tuner.space import SearchSpace, load_space
 from resnet_tuner.training import compile_model, schedule_callbacks
 
 
 def _is_image_data(x: Any) -> bool:
-    """An `ImageFolder` / `datasets.digits()` object (duck-typed to avoid an import cycle)."""
-    return hasattr(x, "dataset") and hasattr(x, "class_names") and hasattr(x, "arrays")
+    """An `ImageFolder` / `datasets.digits()` object, or anything with their interface.
+
+    Duck-typed rather than an `isinstance` check so that a user's own data
+    object with `dataset(split, ...)`, `labels(split)` and `class_names` works too.
+    """
+    return all(hasattr(x, name) for name in ("dataset", "labels", "class_names"))
 
 
 class ResNetHyperModel(kt.HyperModel):
@@ -37,8 +41,8 @@ class ResNetHyperModel(kt.HyperModel):
         num_classes: number of classes. Taken from `data` when omitted.
         data: optional `ImageFolder` (or `datasets.digits()`) to read
             `input_shape` and `num_classes` from.
-        class_weight: `None`, `"balanced"` (scikit-learn's) or a dict
-            `{class_index: weight}` passed to `fit`.
+        class_weight: `None`, `"balanced"` (scikit-learn's, from the training
+            labels) or a dict `{class_index: weight}` passed to `fit`.
         name: optional name of the HyperModel.
 
     Example:
@@ -120,12 +124,18 @@ class ResNetHyperModel(kt.HyperModel):
                 validation_data = data.dataset("val", batch_size=train.batch_size, shuffle=False)
             x = data.dataset("train", batch_size=train.batch_size, shuffle=True)
             if class_weight == "balanced":
-                class_weight = data.class_weights()
+                class_weight = balanced_class_weights(data.labels("train"), self.num_classes)
         elif isinstance(x, tf.data.Dataset):
+            if class_weight == "balanced":
+                raise ValueError(
+                    "class_weight='balanced' needs the training labels: search on numpy "
+                    "arrays or an ImageFolder, or pass a dict {class_index: weight}. "
+                    "Received: a tf.data.Dataset"
+                )
             x = full_batches(x, train.batch_size, len(self.input_shape))
         else:
             if class_weight == "balanced":
-                class_weight = balanced_class_weights(np.asarray(y))
+                class_weight = balanced_class_weights(np.asarray(y), self.num_classes)
             if y is not None and "sample_weight" not in kwargs and kwargs.get("shuffle", True):
                 x, y = shuffled_full_batches(x, y, train.batch_size), None
                 kwargs.pop("shuffle", None)
@@ -213,11 +223,22 @@ class FailOnNaN(keras.callbacks.Callback):
             )
 
 
-def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
-    """scikit-learn's "balanced" class weights for integer `labels`."""
+def balanced_class_weights(labels: np.ndarray, num_classes: int | None = None) -> dict[int, float]:
+    """scikit-learn's "balanced" class weights for integer `labels`, for `fit(class_weight=)`.
+
+    Args:
+        labels: the training labels.
+        num_classes: when given, every class `0..num_classes-1` gets a weight;
+            a class absent from `labels` gets 1.0.
+
+    Returns:
+        `{label: n / (classes present * n of label)}`.
+    """
     from sklearn.utils.class_weight import compute_class_weight
 
-    labels = labels.reshape(-1).astype(int)
+    labels = np.asarray(labels).reshape(-1).astype(int)
     classes = np.unique(labels)
     weights = compute_class_weight("balanced", classes=classes, y=labels)
-    return {int(c): float(w) for c, w in zip(classes, weights, strict=True)}
+    out = dict.fromkeys(range(num_classes or 0), 1.0)
+    out.update({int(c): float(w) for c, w in zip(classes, weights, strict=True)})
+    return out

@@ -1,15 +1,22 @@
 """Optimizer, loss and metrics for a `TrainConfig`: one place, used by the
-HyperModel, by a refit at export time and by the examples."""
+HyperModel, by a refit at export time and by the examples.
+
+`OPTIMIZERS` maps each optimizer name to its factory and to the `TrainConfig`
+fields only it reads (momentum for SGD and RMSprop).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import keras
 from keras import ops
 
+from resnet_tuner.config import OPTIMIZERS as CONFIG_OPTIMIZERS
 from resnet_tuner.config import TrainConfig
-from resnet_tuner.layers import PACKAGE
+from resnet_tuner.model.layers import PACKAGE
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -36,17 +43,51 @@ class SparseCategoricalCrossentropyWithSmoothing(keras.losses.Loss):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
+@dataclass(frozen=True)
+class Optimizer:
+    """One row of `OPTIMIZERS`.
+
+    Attributes:
+        make: `TrainConfig -> keras optimizer`.
+        params: `TrainConfig` fields only this optimizer reads; a search space
+            samples them in the optimizer's conditional scope.
+    """
+
+    make: Callable[[TrainConfig], keras.optimizers.Optimizer]
+    params: tuple[str, ...] = ()
+
+
+def _decay(train: TrainConfig) -> float | None:
+    return train.weight_decay or None
+
+
+OPTIMIZERS: dict[str, Optimizer] = {
+    "adam": Optimizer(lambda t: keras.optimizers.Adam(t.learning_rate, weight_decay=_decay(t))),
+    # AdamW without a weight decay would be Adam: Keras' default decay then.
+    "adamw": Optimizer(
+        lambda t: keras.optimizers.AdamW(t.learning_rate, weight_decay=t.weight_decay or 0.004)
+    ),
+    "sgd": Optimizer(
+        lambda t: keras.optimizers.SGD(t.learning_rate, momentum=t.momentum, nesterov=True,
+                                       weight_decay=_decay(t)),
+        params=("momentum",),
+    ),
+    "rmsprop": Optimizer(
+        lambda t: keras.optimizers.RMSprop(t.learning_rate, momentum=t.momentum,
+                                           weight_decay=_decay(t)),
+        params=("momentum",),
+    ),
+}
+if tuple(OPTIMIZERS) != CONFIG_OPTIMIZERS:
+    raise ImportError(
+        f"resnet_tuner.config.OPTIMIZERS = {CONFIG_OPTIMIZERS} must list the rows of "
+        f"training.OPTIMIZERS, {tuple(OPTIMIZERS)}: add the new name there"
+    )
+
+
 def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
     """The optimizer `train` names, with decoupled weight decay where set."""
-    decay = train.weight_decay or None
-    lr = train.learning_rate
-    if train.optimizer == "adam":
-        return keras.optimizers.Adam(lr, weight_decay=decay)
-    if train.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=train.weight_decay or 0.004)
-    if train.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=train.momentum, nesterov=True, weight_decay=decay)
-    return keras.optimizers.RMSprop(lr, momentum=train.momentum, weight_decay=decay)
+    return OPTIMIZERS[train.optimizer].make(train)
 
 
 def make_loss(train: TrainConfig, binary: bool) -> keras.losses.Loss:

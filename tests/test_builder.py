@@ -1,4 +1,5 @@
-"""ResNetConfig and build_resnet: presets, block x shortcut grid, saving, augmentation, freezing."""
+"""ResNetConfig and build_resnet: presets against published numbers, every row of the
+block / shortcut / stem / augmentation tables, option A values, saving, freezing."""
 
 import json
 
@@ -7,12 +8,19 @@ import numpy as np
 import pytest
 
 from resnet_tuner import ResNetConfig, build_resnet, freeze_stages
-from resnet_tuner.builder import stage_of
-from resnet_tuner.layers import RandomGamma, ZeroPadShortcut
+from resnet_tuner.model import layers as model_layers
+from resnet_tuner.model import stage_of
+from resnet_tuner.model.augment import AUGMENTATIONS, without_augmentation
+from resnet_tuner.model.blocks import BLOCKS, SHORTCUTS, STEMS
+from resnet_tuner.model.layers import RandomGamma, ZeroPadShortcut
 
 
 def trainable_count(model):
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
+def images(n=4, size=16, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
 # Trainable parameters of torchvision's resnet18..152 (no conv bias; BN gamma/beta
@@ -55,8 +63,8 @@ def test_cifar_presets_match_table6(name):
     assert 6 * cfg.stage_depths[0] + 2 == int(name.removeprefix("resnet"))
 
 
-def seed_003_mini_resnet():
-    """The 003 seed's mini_resnet, transcribed to Keras 3 functional layers."""
+def tutorial_mini_resnet():
+    """The mini-ResNet of a cats-vs-dogs tutorial, transcribed to Keras 3 functional layers."""
     layers = keras.layers
 
     def residual_block(x, filters, strides=1):
@@ -80,31 +88,29 @@ def seed_003_mini_resnet():
     return keras.Model(inputs, layers.Dense(1, activation="sigmoid")(x))
 
 
-def test_mini_resnet_is_the_seed_model_layer_for_layer():
+def test_mini_resnet_is_the_tutorial_model_layer_for_layer():
     ours = build_resnet(ResNetConfig.preset("mini_resnet"), (224, 224, 3), 2)
-    seed = seed_003_mini_resnet()
-    assert ours.count_params() == seed.count_params() == 1_603_861
-    # Same weights in the same order of creation (conv, BN, shortcut, dense).
+    reference = tutorial_mini_resnet()
+    assert ours.count_params() == reference.count_params() == 1_603_861
+
     def shapes(model):
         return sorted(tuple(w.shape) for w in model.weights)
 
-    assert shapes(ours) == shapes(seed)
-    assert ours.output_shape == seed.output_shape == (None, 1)
+    assert shapes(ours) == shapes(reference)
+    assert ours.output_shape == reference.output_shape == (None, 1)
 
 
-TINY = dict(stage_depths=(1, 1), stage_widths=(4, 8), stem="cifar", stem_width=4)
+# --------------------------------------------------------------------------- every table row
 
 
 @pytest.mark.parametrize("preactivation", [False, True])
-@pytest.mark.parametrize("shortcut", ["A", "B", "C"])
-@pytest.mark.parametrize("block", ["basic", "bottleneck"])
-def test_every_block_and_shortcut_trains_one_step(block, shortcut, preactivation):
-    cfg = ResNetConfig(block=block, shortcut=shortcut, preactivation=preactivation, **TINY)
+@pytest.mark.parametrize("shortcut", list(SHORTCUTS))
+@pytest.mark.parametrize("block", list(BLOCKS))
+def test_every_block_and_shortcut_trains_one_step(block, shortcut, preactivation, tiny_config):
+    cfg = tiny_config(block=block, shortcut=shortcut, preactivation=preactivation)
     model = build_resnet(cfg, (16, 16, 3), 3)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
-    y = np.array([0, 2])
+    x, y = images(2), np.array([0, 2])
     before = [w.numpy().copy() for w in model.trainable_weights]
     loss = model.train_on_batch(x, y)
     assert np.isfinite(loss)
@@ -115,47 +121,175 @@ def test_every_block_and_shortcut_trains_one_step(block, shortcut, preactivation
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize("block", ["basic", "bottleneck"])
-def test_option_a_adds_no_parameters(block):
-    a = build_resnet(ResNetConfig(block=block, shortcut="A", **TINY), (16, 16, 3), 3)
-    b = build_resnet(ResNetConfig(block=block, shortcut="B", **TINY), (16, 16, 3), 3)
+@pytest.mark.parametrize("block", list(BLOCKS))
+def test_block_output_width_is_stage_width_times_its_expansion(block, tiny_config):
+    cfg = tiny_config(block=block, expansion=3)
+    model = build_resnet(cfg, (16, 16, 3), 3)
+    channels = model.get_layer("avg_pool").input.shape[-1]
+    assert channels == 8 * BLOCKS[block].expansion_of(cfg) == 8 * cfg.block_expansion
+
+
+@pytest.mark.parametrize("stem", list(STEMS))
+def test_every_stem_feeds_the_first_stage(stem, tiny_config):
+    model = build_resnet(tiny_config(stem=stem, stem_width=6), (32, 32, 3), 3)
+    stem_layers = [layer for layer in model.layers if stage_of(layer.name) == 1]
+    assert stem_layers and stem_layers[-1].output.shape[-1] == 6
+    assert model.predict(images(2, 32), verbose=0).shape == (2, 3)
+
+
+@pytest.mark.parametrize("block", list(BLOCKS))
+def test_option_a_adds_no_parameters(block, tiny_config):
+    a = build_resnet(tiny_config(block=block, shortcut="A"), (16, 16, 3), 3)
+    b = build_resnet(tiny_config(block=block, shortcut="B"), (16, 16, 3), 3)
     pads = [layer for layer in a.layers if isinstance(layer, ZeroPadShortcut)]
     assert pads and all(not layer.weights for layer in pads)
-    assert not any("shortcut_conv" in layer.name for layer in a.layers)
-    projection = sum(
-        layer.count_params() for layer in b.layers if "_shortcut_" in layer.name
-    )
+    projection = sum(layer.count_params() for layer in b.layers if "_shortcut_" in layer.name)
     assert projection > 0
     assert a.count_params() == b.count_params() - projection
 
 
-def test_option_c_projects_every_block_and_b_only_where_shape_changes():
-    cfg = ResNetConfig(block="basic", stage_depths=(2, 2), stage_widths=(4, 8), stem="cifar",
-                       stem_width=4)
+def test_option_c_projects_every_block_and_b_only_where_shape_changes(tiny_config):
+    cfg = tiny_config(stage_depths=(2, 2))
     names_b = {layer.name for layer in build_resnet(cfg, (16, 16, 3), 3).layers}
-    model_c = build_resnet(cfg.replace(shortcut="C"), (16, 16, 3), 3)
-    names_c = {layer.name for layer in model_c.layers}
+    names_c = {layer.name for layer in build_resnet(cfg.replace(shortcut="C"), (16, 16, 3),
+                                                     3).layers}
     assert {n for n in names_b if n.endswith("shortcut_conv")} == {"stage3_block1_shortcut_conv"}
     assert {n for n in names_c if n.endswith("shortcut_conv")} == {
         f"stage{s}_block{b}_shortcut_conv" for s in (2, 3) for b in (1, 2)
     }
 
 
-def test_layer_names_are_deterministic():
-    cfg = ResNetConfig.preset("resnet18")
-    first = [layer.name for layer in build_resnet(cfg, (32, 32, 3), 10).layers]
-    keras.backend.clear_session()
-    build_resnet(cfg, (32, 32, 3), 10)  # names must not depend on what was built before
-    second = [layer.name for layer in build_resnet(cfg, (32, 32, 3), 10).layers]
-    assert first == second
-    assert "stage2_block1_conv1" in first and "stage5_block2_add" in first
+# --------------------------------------------------------------------------- option A values
+
+
+def test_zero_pad_shortcut_subsamples_then_appends_zero_channels():
+    x = np.arange(2 * 5 * 5 * 3, dtype="float32").reshape(2, 5, 5, 3) + 1.0
+    out = np.asarray(ZeroPadShortcut(strides=2, out_channels=7)(x))
+    assert out.shape == (2, 3, 3, 7)
+    np.testing.assert_array_equal(out[..., :3], x[:, ::2, ::2, :])  # the input, first
+    np.testing.assert_array_equal(out[..., 3:], 0.0)  # then the zeros
+    same = np.asarray(ZeroPadShortcut(strides=1, out_channels=3)(x))
+    np.testing.assert_array_equal(same, x)
+
+
+def _zero_residual_branch(model, block_name):
+    """Zeroes the last BatchNorm of the block's residual branch: the branch outputs 0."""
+    last_bn = max((layer for layer in model.layers
+                   if layer.name.startswith(f"{block_name}_bn")), key=lambda layer: layer.name)
+    last_bn.gamma.assign(np.zeros(last_bn.gamma.shape, "float32"))
+    last_bn.beta.assign(np.zeros(last_bn.beta.shape, "float32"))
+
+
+@pytest.mark.parametrize("shortcut", list(SHORTCUTS))
+@pytest.mark.parametrize("block", list(BLOCKS))
+def test_block_with_zeroed_residual_branch_is_its_shortcut(block, shortcut, tiny_config):
+    """stage3_block1 halves the resolution and doubles the width: its shortcut is not x."""
+    model = build_resnet(tiny_config(block=block, shortcut=shortcut), (16, 16, 3), 3)
+    _zero_residual_branch(model, "stage3_block1")
+    shortcut_out = next(layer for layer in model.layers
+                        if layer.name.startswith("stage3_block1_shortcut_")
+                        and layer.name.endswith(("_pad", "_bn"))).output
+    probe = keras.Model(model.input, [model.get_layer("stage2_block1_out").output,
+                                      shortcut_out, model.get_layer("stage3_block1_out").output])
+    block_in, path, block_out = (np.asarray(t) for t in probe(images(2)))
+    np.testing.assert_allclose(block_out, np.maximum(path, 0.0), rtol=1e-6, atol=1e-6)
+    if shortcut == "A":
+        # He et al. 2015, sec. 3.3 (A): the identity, subsampled, then zero channels.
+        width_in = block_in.shape[-1]
+        np.testing.assert_array_equal(block_out[..., :width_in], block_in[:, ::2, ::2, :])
+        np.testing.assert_array_equal(block_out[..., width_in:], 0.0)
+        assert np.any(block_in > 0)
+
+
+@pytest.mark.parametrize("block", list(BLOCKS))
+def test_identity_block_with_zeroed_residual_branch_passes_its_input(block, tiny_config):
+    # stage2_block2 keeps resolution and width: its option B shortcut is the identity.
+    model = build_resnet(tiny_config(block=block, stage_depths=(2, 1)), (16, 16, 3), 3)
+    _zero_residual_branch(model, "stage2_block2")
+    probe = keras.Model(model.input, [model.get_layer("stage2_block1_out").output,
+                                      model.get_layer("stage2_block2_out").output])
+    block_in, block_out = (np.asarray(t) for t in probe(images(2)))
+    np.testing.assert_allclose(block_out, block_in, rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+@pytest.mark.parametrize("field", list(AUGMENTATIONS))
+def test_augmentation_only_in_training(field, tiny_config):
+    """A plain `model(x)` and `predict` are the un-augmented network; `training=True` augments."""
+    example = AUGMENTATIONS[field].example
+    augmented = build_resnet(tiny_config(**{field: example}), (16, 16, 3), 3)
+    plain = build_resnet(without_augmentation(tiny_config(**{field: example})), (16, 16, 3), 3)
+    for layer in plain.layers:
+        if layer.weights:
+            layer.set_weights(augmented.get_layer(layer.name).get_weights())
+    x = images(8)
+    expected = np.asarray(plain(x, training=False))
+    for _ in range(3):
+        np.testing.assert_array_equal(np.asarray(augmented(x)), expected)
+    np.testing.assert_array_equal(augmented.predict(x, verbose=0), plain.predict(x, verbose=0))
+
+    layer = augmented.get_layer(f"augment_{field}")
+    unit = np.random.default_rng(1).uniform(0.05, 0.95, (8, 16, 16, 3)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(layer(unit)), unit)  # no training argument
+    changed = [not np.allclose(np.asarray(layer(unit, training=True)), unit) for _ in range(3)]
+    assert any(changed), f"{field}={example!r} never changed its input with training=True"
+
+
+def test_gamma_draws_within_its_range_in_training():
+    gamma = RandomGamma(0.4, 0.7, seed=0)
+    half = np.full((2, 4, 4, 3), 0.5, dtype="float32")
+    out = np.asarray(gamma(half, training=True))
+    assert np.all(out > 0.5) and np.all(out < 0.5**0.4 + 1e-6)
+    np.testing.assert_array_equal(np.asarray(gamma(half)), half)
+
+
+@pytest.mark.parametrize("field", list(AUGMENTATIONS))
+def test_without_augmentation_builds_no_augmentation_layer(field, tiny_config):
+    cfg = without_augmentation(tiny_config(**{field: AUGMENTATIONS[field].example}))
+    assert getattr(cfg, field) == AUGMENTATIONS[field].neutral
+    names = [layer.name for layer in build_resnet(cfg, (16, 16, 3), 3).layers]
+    assert not [n for n in names if n.startswith("augment_")]
+
+
+# --------------------------------------------------------------------------- saving
+
+
+ALL_AUGMENTATIONS = {field: row.example for field, row in AUGMENTATIONS.items()}
+
+
+def test_save_load_safe_mode_predicts_identically(tmp_path, tiny_config):
+    model = build_resnet(tiny_config(dropout=0.2, head_hidden=8, **ALL_AUGMENTATIONS),
+                         (16, 16, 3), 3)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x = images(4, seed=1)
+    model.fit(x, np.array([0, 1, 2, 0]), epochs=1, verbose=0)
+    expected = model.predict(x, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(reloaded.predict(x, verbose=0), expected)
+    np.testing.assert_allclose(np.asarray(reloaded(x)), expected, rtol=1e-5)  # eager: no flip
+    augment = [layer for layer in reloaded.layers if layer.name.startswith("augment_")]
+    assert len(augment) == len(AUGMENTATIONS)
+    assert all(type(layer).__module__ == model_layers.__name__ for layer in augment)
+
+
+@pytest.mark.parametrize("cls", [RandomGamma, ZeroPadShortcut, model_layers.CaffePreprocess,
+                                 model_layers.RandomFlip, model_layers.RandomTranslation])
+def test_layers_keep_their_serialization_names(cls):
+    # Saved models refer to "resnet_tuner>Name": renaming the package breaks loading them.
+    assert keras.saving.get_registered_name(cls) == f"resnet_tuner>{cls.__name__}"
+
+
+# --------------------------------------------------------------------------- configs
 
 
 @pytest.mark.parametrize("name", ResNetConfig.preset_names())
 def test_config_json_round_trip(name):
-    cfg = ResNetConfig.preset(name, flip="both", gamma=(0.4, 0.7), shift=0.1, dropout=0.2)
-    text = json.dumps(cfg.to_dict())
-    assert ResNetConfig.from_dict(json.loads(text)) == cfg
+    cfg = ResNetConfig.preset(name, dropout=0.2, **ALL_AUGMENTATIONS)
+    assert ResNetConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert ResNetConfig.from_json(cfg.to_json()) == cfg
 
 
@@ -174,7 +308,8 @@ def test_preset_overrides_and_unknown_names():
         (dict(shortcut="D"), r"shortcut must be one of .*Received: shortcut='D'"),
         (dict(stage_depths=(2, 0)), r"stage_depths must be .*Received: stage_depths=\(2, 0\)"),
         (dict(stage_depths=(2, 2), stage_widths=(8,)), "same length"),
-        (dict(dropout=1.5), r"dropout must be a number in \[0, 1\)"),
+        (dict(dropout=1.5), r"dropout must be a number from 0.0 to 0.95. Received: dropout=1.5"),
+        (dict(shift=0.6), r"shift must be a number from 0.0 to 0.5"),
         (dict(gamma=(0.7, 0.4)), "gamma must be None or a"),
         (dict(flip="diagonal"), "flip must be one of"),
         (dict(freeze_stages=7), r"freeze_stages must be an integer from 0 to 5"),
@@ -187,8 +322,8 @@ def test_config_validation_names_field_and_value(changes, message):
         ResNetConfig.preset("resnet18", **changes)
 
 
-def test_build_argument_errors():
-    cfg = ResNetConfig(**TINY)
+def test_build_argument_errors(tiny_config):
+    cfg = tiny_config()
     with pytest.raises(ValueError, match=r"input_shape must be .*Received: input_shape=\(16, 16\)"):
         build_resnet(cfg, (16, 16), 3)
     with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
@@ -197,39 +332,7 @@ def test_build_argument_errors():
         build_resnet(cfg.replace(binary_head=True), (16, 16, 3), 3)
 
 
-AUGMENTED = ResNetConfig(flip="both", gamma=(0.4, 0.7), shift=0.1, dropout=0.2, head_hidden=8,
-                         **TINY)
-
-
-def test_save_load_safe_mode_predicts_identically(tmp_path):
-    model = build_resnet(AUGMENTED, (16, 16, 3), 3)
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    x = np.random.default_rng(1).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
-    model.fit(x, np.array([0, 1, 2, 0]), epochs=1, verbose=0)
-    expected = model.predict(x, verbose=0)
-    path = tmp_path / "model.keras"
-    model.save(path)
-    reloaded = keras.saving.load_model(path, safe_mode=True)
-    np.testing.assert_array_equal(reloaded.predict(x, verbose=0), expected)
-    kinds = {type(layer).__name__ for layer in reloaded.layers}
-    assert {"RandomFlip", "RandomTranslation", "RandomGamma"} <= kinds
-    assert "Lambda" not in kinds
-
-
-def test_augmentation_is_inactive_at_inference():
-    augmented = build_resnet(AUGMENTED, (16, 16, 3), 3)
-    plain = build_resnet(AUGMENTED.replace(flip="none", gamma=None, shift=0.0), (16, 16, 3), 3)
-    for layer in plain.layers:
-        if layer.weights:
-            layer.set_weights(augmented.get_layer(layer.name).get_weights())
-    x = np.random.default_rng(2).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(augmented(x, training=False), plain(x, training=False))
-    # ... and active in training: the gamma layer alone changes its input.
-    gamma = RandomGamma(0.4, 0.7, seed=0)
-    images = np.full((2, 4, 4, 3), 0.5, dtype="float32")
-    np.testing.assert_array_equal(gamma(images, training=False), images)
-    trained = np.asarray(gamma(images, training=True))
-    assert np.all(trained > 0.5) and np.all(trained < 0.5**0.4 + 1e-6)
+# --------------------------------------------------------------------------- freezing
 
 
 def test_stage_of_parses_both_naming_schemes():
@@ -239,10 +342,8 @@ def test_stage_of_parses_both_naming_schemes():
 
 
 @pytest.mark.parametrize("stages", [0, 1, 2, 3])
-def test_freeze_stages_freezes_exactly_the_chosen_stages(stages):
-    cfg = ResNetConfig(stage_depths=(1, 2), stage_widths=(4, 8), stem="cifar", stem_width=4,
-                       freeze_stages=stages)
-    model = build_resnet(cfg, (16, 16, 3), 3)
+def test_freeze_stages_freezes_exactly_the_chosen_stages(stages, tiny_config):
+    model = build_resnet(tiny_config(stage_depths=(1, 2), freeze_stages=stages), (16, 16, 3), 3)
     for layer in model.layers:
         stage = stage_of(layer.name)
         frozen = stage is not None and stage <= stages
@@ -256,13 +357,11 @@ def test_freeze_stages_freezes_exactly_the_chosen_stages(stages):
     assert {id(w) for w in model.trainable_weights}  # the head always trains
 
 
-def test_frozen_batchnorm_runs_in_inference_mode():
-    cfg = ResNetConfig(freeze_stages=3, **TINY)
-    model = build_resnet(cfg, (16, 16, 3), 3)
+def test_frozen_batchnorm_runs_in_inference_mode(tiny_config):
+    model = build_resnet(tiny_config(freeze_stages=3), (16, 16, 3), 3)
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
     bn = model.get_layer("stage2_block1_bn1")
     before = bn.moving_mean.numpy().copy()
-    x = np.random.default_rng(3).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
-    model.train_on_batch(x, np.array([0, 1, 2, 0]))
+    model.train_on_batch(images(4, seed=3), np.array([0, 1, 2, 0]))
     np.testing.assert_array_equal(bn.moving_mean.numpy(), before)
     assert not freeze_stages(model, 0)  # freezing nothing is a no-op

@@ -1,23 +1,54 @@
 """Search spaces: presets, sampling with pre-filled hyperparameters, conditional scopes, errors."""
 
+import re
+
 import keras_tuner as kt
 import pytest
 
 from resnet_tuner import ResNetConfig, SpaceError, TrainConfig, available_spaces, load_space
+from resnet_tuner.config import BOUNDS
+from resnet_tuner.model.augment import AUGMENTATIONS
+from resnet_tuner.model.backbones import BACKBONES
+from resnet_tuner.model.blocks import BLOCKS
 from resnet_tuner.space import Choice, Fixed, Range
+from resnet_tuner.space.schema import SCHEMA, TRAIN_SECTIONS, find_row
+from resnet_tuner.training import OPTIMIZERS
 
-REQUIRED_PRESETS = {"quick", "mini", "paper", "cifar", "transfer", "full"}
+# What each shipped preset samples with default hyperparameters (first choice,
+# range minimum), as fields that differ from ResNetConfig() / TrainConfig().
+PRESET_DEFAULTS = {
+    "cifar": ({"stage_depths": (3, 3, 3), "stage_widths": (16, 32, 64), "shortcut": "A",
+               "stem": "cifar", "stem_width": 16, "flip": "horizontal", "shift": 0.125},
+              {"optimizer": "sgd", "learning_rate": 0.01, "batch_size": 128, "epochs": 30,
+               "weight_decay": 0.0001}),
+    "full": ({"stage_depths": (1, 1, 1), "stage_widths": (16, 32, 64), "stem": "cifar",
+              "stem_width": 16},
+             {"learning_rate": 0.0001, "epochs": 30}),
+    "mini": ({"stage_depths": (1, 2, 2, 1), "stage_widths": (32, 64, 128, 256),
+              "stem": "strided3x3", "stem_width": 32, "conv_bias": True, "head_hidden": 10,
+              "binary_head": True, "flip": "both", "gamma": (0.4, 0.7)},
+             {"learning_rate": 0.0001, "epochs": 20}),
+    "paper": ({"flip": "horizontal", "shift": 0.1},
+              {"optimizer": "sgd", "epochs": 60, "weight_decay": 0.0001}),
+    "quick": ({"stage_depths": (1, 1, 1), "stage_widths": (16, 32, 64), "stem": "cifar",
+               "stem_width": 16}, {}),
+    "transfer": ({"head_hidden": 10, "binary_head": True, "backbone": "resnet50",
+                  "freeze_stages": 3, "flip": "horizontal"},
+                 {"learning_rate": 1e-05}),
+}
 
 
 def test_required_presets_ship_with_the_package():
-    assert REQUIRED_PRESETS <= set(available_spaces())
+    assert set(PRESET_DEFAULTS) <= set(available_spaces())
 
 
-@pytest.mark.parametrize("name", sorted(REQUIRED_PRESETS))
-def test_every_preset_samples_valid_configs(name):
+@pytest.mark.parametrize("name", sorted(PRESET_DEFAULTS))
+def test_every_preset_samples_its_documented_defaults(name):
     space = load_space(name)
     model_cfg, train_cfg = space.sample(kt.HyperParameters())
-    assert isinstance(model_cfg, ResNetConfig) and isinstance(train_cfg, TrainConfig)
+    model_changes, train_changes = PRESET_DEFAULTS[name]
+    assert model_cfg == ResNetConfig(**model_changes)
+    assert train_cfg == TrainConfig(**train_changes)
     assert space.description
 
 
@@ -62,13 +93,13 @@ def test_conditional_scopes_in_full_space():
     hp = fixed({"backbone": "scratch", "block": "bottleneck", "expansion": 2})
     cfg, _ = space.sample(hp)
     assert cfg.block == "bottleneck" and cfg.expansion == 2
-    [expansion] = hp._hps["expansion"]
+    [expansion] = [h for h in hp.space if h.name == "expansion"]
     assert {c.name for c in expansion.conditions} == {"backbone", "block"}
     hp = fixed({"backbone": "resnet50", "freeze_stages": 4})
     cfg, _ = space.sample(hp)
     assert cfg.backbone == "resnet50" and cfg.freeze_stages == 4
     assert "block" not in hp.values and "shortcut" not in hp.values
-    [freeze] = hp._hps["freeze_stages"]
+    [freeze] = [h for h in hp.space if h.name == "freeze_stages"]
     assert [c.name for c in freeze.conditions] == ["backbone"]
 
 
@@ -188,7 +219,7 @@ def test_initial_tables_are_parsed_and_checked():
 @pytest.mark.parametrize("kind", ["random", "hyperband", "bayesian"])
 def test_tuners_try_the_initial_configurations_first(kind, tmp_path):
     from resnet_tuner import ResNetHyperModel
-    from resnet_tuner.search import make_tuner
+    from resnet_tuner.run.tuners import make_tuner
 
     hm = ResNetHyperModel(INITIAL_SPACE, input_shape=(8, 8, 3), num_classes=3)
     tuner = make_tuner(kind, hm, tmp_path, max_trials=5, epochs=3)
@@ -199,3 +230,106 @@ def test_tuners_try_the_initial_configurations_first(kind, tmp_path):
     assert (second["stage_depths"], second["base_width"], second["batch_size"]) == ("2-2", 4, 32)
     hp_names = {k for k in second if not k.startswith("tuner/")}
     assert hp_names == {"stage_depths", "base_width", "learning_rate", "batch_size"}
+
+
+# --------------------------------------------------------------------------- every table row
+
+
+def _sampled(space, values):
+    hp = fixed(values)
+    model_cfg, train_cfg = load_space(space).sample(hp)
+    return hp, model_cfg, train_cfg
+
+
+@pytest.mark.parametrize("block", list(BLOCKS))
+def test_a_blocks_own_fields_are_sampled_only_for_it(block):
+    others = {p for name, row in BLOCKS.items() if name != block for p in row.params}
+    space = {"model": {"block": list(BLOCKS), "stage_depths": [1, 1], "stage_widths": [4, 8],
+                       "stem": "cifar", **{p: [2, 3] for p in others | set(BLOCKS[block].params)}}}
+    hp, cfg, _ = _sampled(space, {"block": block, **{p: 3 for p in BLOCKS[block].params}})
+    assert cfg.block == block
+    for param in BLOCKS[block].params:
+        assert param in hp.values and getattr(cfg, param) == 3
+        [tuned] = [h for h in hp.space if h.name == param]
+        assert [c.name for c in tuned.conditions] == ["block"]
+    for param in others - set(BLOCKS[block].params):
+        assert param not in hp.values
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_an_optimizers_own_fields_are_sampled_only_for_it(optimizer):
+    space = {"train": {"optimizer": list(OPTIMIZERS), "momentum": [0.5, 0.0]}}
+    hp, _, train = _sampled(space, {"optimizer": optimizer})
+    assert train.optimizer == optimizer
+    reads_momentum = "momentum" in OPTIMIZERS[optimizer].params
+    assert ("momentum" in hp.values) is reads_momentum
+    assert train.momentum == (0.5 if reads_momentum else TrainConfig().momentum)
+
+
+@pytest.mark.parametrize("field", list(AUGMENTATIONS))
+def test_every_augmentation_is_a_field_of_the_augment_section(field):
+    row = AUGMENTATIONS[field]
+    space = {"augment": {field: ["none" if row.neutral is None else row.neutral,
+                                 list(row.example) if isinstance(row.example, tuple)
+                                 else row.example]}}
+    tuned = load_space(space)
+    hp = kt.HyperParameters()
+    cfg, _ = tuned.sample(hp)
+    assert getattr(cfg, field) == row.neutral and field in hp.values
+    [choice] = [h for h in hp.space if h.name == field]
+    hp.values[field] = choice.values[1]
+    cfg, _ = tuned.sample(hp)
+    assert getattr(cfg, field) == row.example
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_transfer_fields_apply_only_to_a_pretrained_backbone(backbone):
+    space = {"model": {"backbone": ["scratch", backbone], "stage_depths": [1, 1],
+                       "stage_widths": [4, 8], "stem": "cifar"},
+             "transfer": {"weights": "none"}}
+    hp, cfg, _ = _sampled(space, {"backbone": backbone})
+    # By default every stage of the pretrained network is frozen: a new head only.
+    assert cfg.backbone == backbone and cfg.weights is None
+    assert cfg.freeze_stages == len(BACKBONES[backbone].stage_prefixes)
+    hp, cfg, _ = _sampled(space, {"backbone": "scratch"})
+    assert cfg.freeze_stages == 0 and cfg.weights == "imagenet"
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def _at(field, value):
+    """`value` for `field` as a config takes it, and as a space file writes it."""
+    kind = find_row(field)[1].kind
+    if kind.type == "ints":
+        return (value,) * 4, [value] * 4
+    return value, value
+
+
+@pytest.mark.parametrize("field", sorted(BOUNDS))
+def test_space_and_config_share_every_bound(field):
+    """A value at a bound is valid in a space and in a config; one beyond is rejected by both."""
+    section, _ = find_row(field)
+    config_class = TrainConfig if section in TRAIN_SECTIONS else ResNetConfig
+    low, high = BOUNDS[field]
+    step = 1 if isinstance(low, int) else max(abs(high), 1e-6) * 1e-3
+    for value, valid in [(low, True), (high, True), (low - step, False), (high + step, False)]:
+        config_value, file_value = _at(field, value)
+        space = {section: {field: file_value}}
+        if valid:
+            config_class(**{field: config_value})
+            load_space(space)
+        else:
+            with pytest.raises(ValueError, match=field):
+                config_class(**{field: config_value})
+            # Rejected by the schema's own bound, not only later by the config.
+            with pytest.raises(SpaceError, match=rf"{field} = .*: must be between "
+                                                 + re.escape(f"{low} and {high}")):
+                load_space(space)
+
+
+def test_every_schema_row_is_a_config_field_or_a_documented_space_field():
+    config_fields = set(ResNetConfig.__dataclass_fields__) | set(TrainConfig.__dataclass_fields__)
+    space_only = {"preset", "num_stages", "base_width", "width_multiplier"}
+    rows = {name for rows in SCHEMA.values() for name in rows}
+    assert rows - config_fields == space_only

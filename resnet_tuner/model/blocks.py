@@ -1,23 +1,22 @@
-"""`build_resnet`: a pure function from a `ResNetConfig` to a compiled-ready Keras model.
+"""Stems, shortcuts and residual blocks, each family in one dispatch table.
 
-The builder never sees a keras-tuner `HyperParameters` object, so it is unit
-tested on its own and rebuilds any searched model from its `config.json`.
-
-A model is `uint8 image -> Rescaling(1/255) -> augmentation (training only)
--> backbone -> head`. Block types, shortcut modes and stems each live in one
-dispatch table (`BLOCKS`, `SHORTCUTS`, `STEMS`).
+`STEMS`, `SHORTCUTS` and `BLOCKS` map the names a `ResNetConfig` uses to the
+functions that build them; `residual_backbone` applies a config's stem and
+stages through these tables only. Adding a stem or shortcut mode is its
+function plus one row; a block type is its function plus one `Block` row that
+says how much it widens its output and which config fields only it reads (the
+search space samples those in the block's conditional scope).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-import keras
 from keras import layers
 
-from resnet_tuner.config import ResNetConfig
-from resnet_tuner.layers import RandomGamma, ZeroPadShortcut
+from resnet_tuner.config import BLOCK_TYPES, SHORTCUT_MODES, STEM_TYPES, ResNetConfig
+from resnet_tuner.model.layers import ZeroPadShortcut
 
 # --------------------------------------------------------------------------- helpers
 
@@ -130,7 +129,32 @@ def bottleneck_block(x, width: int, strides: int, cfg: ResNetConfig, name: str):
     return _residual(x, convs, cfg, name)
 
 
-BLOCKS: dict[str, Callable] = {"basic": basic_block, "bottleneck": bottleneck_block}
+@dataclass(frozen=True)
+class Block:
+    """One row of `BLOCKS`.
+
+    Attributes:
+        build: `(x, width, strides, cfg, name) -> tensor`, one residual block.
+        expansion: output channels divided by the stage width: a number, or
+            the name of the config field that holds it (timm's
+            `block_fn.expansion`).
+        params: config fields only this block type reads; a search space
+            samples them in the block's conditional scope.
+    """
+
+    build: Callable
+    expansion: int | str = 1
+    params: tuple[str, ...] = ()
+
+    def expansion_of(self, cfg: ResNetConfig) -> int:
+        """The expansion of this block type under `cfg`."""
+        return getattr(cfg, self.expansion) if isinstance(self.expansion, str) else self.expansion
+
+
+BLOCKS: dict[str, Block] = {
+    "basic": Block(basic_block),
+    "bottleneck": Block(bottleneck_block, expansion="expansion", params=("expansion",)),
+}
 
 # --------------------------------------------------------------------------- stems
 
@@ -155,7 +179,7 @@ def cifar_stem(x, cfg: ResNetConfig):
 
 
 def strided3x3_stem(x, cfg: ResNetConfig):
-    """3x3/2 conv, no pooling (the 003 seed's mini_resnet)."""
+    """3x3/2 conv, no pooling (the mini-ResNet of a cats-vs-dogs tutorial)."""
     x = _conv(x, cfg.stem_width, 3, 2, cfg, "stem_conv")
     return x if cfg.preactivation else _relu(_bn(x, cfg, "stem_bn"), "stem_relu")
 
@@ -166,7 +190,22 @@ STEMS: dict[str, Callable] = {
     "strided3x3": strided3x3_stem,
 }
 
-# --------------------------------------------------------------------------- public API
+
+def _check_names(table: dict, names: Sequence[str], config_name: str) -> None:
+    # config.py keeps the option names (TF-free, it validates configs without
+    # Keras); a row here without its name there, or the reverse, fails at import.
+    if list(table) != list(names):
+        raise ImportError(
+            f"resnet_tuner.config.{config_name} = {tuple(names)} must list the rows of the "
+            f"dispatch table, {tuple(table)}: add the new name there"
+        )
+
+
+_check_names(BLOCKS, BLOCK_TYPES, "BLOCK_TYPES")
+_check_names(SHORTCUTS, SHORTCUT_MODES, "SHORTCUT_MODES")
+_check_names(STEMS, STEM_TYPES, "STEM_TYPES")
+
+# --------------------------------------------------------------------------- backbone
 
 
 def residual_backbone(x, cfg: ResNetConfig):
@@ -176,148 +215,12 @@ def residual_backbone(x, cfg: ResNetConfig):
     of every stage after the first halves the resolution.
     """
     x = STEMS[cfg.stem](x, cfg)
+    block = BLOCKS[cfg.block].build
     stages = zip(cfg.stage_depths, cfg.stage_widths, strict=True)
     for stage, (depth, width) in enumerate(stages, start=2):
-        for block in range(1, depth + 1):
-            strides = 2 if block == 1 and stage > 2 else 1
-            x = BLOCKS[cfg.block](x, width, strides, cfg, f"stage{stage}_block{block}")
+        for index in range(1, depth + 1):
+            strides = 2 if index == 1 and stage > 2 else 1
+            x = block(x, width, strides, cfg, f"stage{stage}_block{index}")
     if cfg.preactivation:
         x = _relu(_bn(x, cfg, "post_bn"), "post_relu")
     return x
-
-
-def augmentation_layers(cfg: ResNetConfig) -> list[keras.layers.Layer]:
-    """The training-only augmentation layers of `cfg`, in the order they run."""
-    out: list[keras.layers.Layer] = []
-    if cfg.flip != "none":
-        mode = {"both": "horizontal_and_vertical"}.get(cfg.flip, cfg.flip)
-        out.append(layers.RandomFlip(mode, name="augment_flip"))
-    if cfg.shift > 0:
-        out.append(
-            layers.RandomTranslation(
-                cfg.shift, cfg.shift, fill_mode="reflect", name="augment_shift"
-            )
-        )
-    if cfg.gamma is not None:
-        out.append(RandomGamma(*cfg.gamma, name="augment_gamma"))
-    return out
-
-
-def classifier_head(x, cfg: ResNetConfig, num_classes: int):
-    """Global average pooling -> dropout -> optional hidden dense -> classifier."""
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    if cfg.dropout > 0:
-        x = layers.Dropout(cfg.dropout, name="head_dropout")(x)
-    if cfg.head_hidden:
-        x = layers.Dense(cfg.head_hidden, activation="relu", name="head_hidden")(x)
-    if cfg.binary_head:
-        return layers.Dense(1, activation="sigmoid", name="predictions")(x)
-    return layers.Dense(num_classes, activation="softmax", name="predictions")(x)
-
-
-_STAGE_PATTERN = re.compile(r"^(?:stem|conv1|pool1)_|^(?:stage|conv)(\d+)_")
-
-
-def stage_of(layer_name: str) -> int | None:
-    """The stage a layer belongs to from its name (1 = stem), or None (head, augmentation).
-
-    Works for this builder's names (`stem_conv`, `stage3_block2_conv1`) and for
-    keras.applications.ResNet50's (`conv1_conv`, `pool1_pool`, `conv3_block2_1_conv`).
-    """
-    match = _STAGE_PATTERN.match(layer_name)
-    if not match:
-        return None
-    return int(match.group(1)) if match.group(1) else 1
-
-
-def freeze_stages(model: keras.Model, stages: int) -> list[str]:
-    """Freezes every layer of stages 1..`stages` (nested models included).
-
-    Frozen BatchNormalization layers run in inference mode (Keras 3 semantics of
-    `trainable=False`), so fine-tuning does not disturb pretrained statistics.
-
-    Returns:
-        The names of the frozen layers.
-    """
-    frozen = []
-    stack = list(model.layers)
-    while stack:
-        layer = stack.pop()
-        if isinstance(layer, keras.Model):
-            stack.extend(layer.layers)
-            continue
-        stage = stage_of(layer.name)
-        if stage is not None and stage <= stages:
-            layer.trainable = False
-            frozen.append(layer.name)
-    return frozen
-
-
-def build_resnet(
-    config: ResNetConfig,
-    input_shape: Sequence[int] = (224, 224, 3),
-    num_classes: int = 1000,
-    name: str | None = None,
-) -> keras.Model:
-    """Builds the classifier `config` describes.
-
-    The model takes uint8 (or 0..255 float) images of `input_shape`, rescales
-    them to [0, 1] itself, augments them in training only, and outputs class
-    probabilities (one sigmoid unit when `config.binary_head`).
-
-    Args:
-        config: the architecture.
-        input_shape: `(height, width, channels)` of the images.
-        num_classes: number of classes (2 for a sigmoid `binary_head`).
-        name: model name; defaults to a short description of the config.
-
-    Returns:
-        An uncompiled `keras.Model`.
-
-    Raises:
-        ValueError: on an input shape or class count the config cannot take.
-
-    Example:
-        >>> cfg = ResNetConfig.preset("resnet20")
-        >>> build_resnet(cfg, (32, 32, 3), 10).count_params()
-        271098
-    """
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or not all(isinstance(d, int) and d > 0 for d in input_shape):
-        raise ValueError(
-            "input_shape must be (height, width, channels) positive integers. "
-            f"Received: input_shape={input_shape}"
-        )
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(
-            f"num_classes must be an integer >= 2. Received: num_classes={num_classes!r}"
-        )
-    if config.binary_head and num_classes != 2:
-        raise ValueError(
-            "binary_head=True (one sigmoid unit) needs num_classes=2. "
-            f"Received: num_classes={num_classes}"
-        )
-
-    inputs = keras.Input(shape=input_shape, dtype="uint8", name="image")
-    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
-    for layer in augmentation_layers(config):
-        x = layer(x)
-    if config.backbone == "resnet50":
-        from resnet_tuner.transfer import resnet50_backbone
-
-        x = resnet50_backbone(x, config)
-    else:
-        x = residual_backbone(x, config)
-    outputs = classifier_head(x, config, num_classes)
-    model = keras.Model(inputs, outputs, name=name or describe(config))
-    if config.freeze_stages:
-        freeze_stages(model, config.freeze_stages)
-    return model
-
-
-def describe(config: ResNetConfig) -> str:
-    """A short model name, e.g. `resnet_basic_2-2-2-2_w64_B` or `resnet50_transfer_f3`."""
-    if config.backbone == "resnet50":
-        return f"resnet50_transfer_f{config.freeze_stages}"
-    depths = "-".join(map(str, config.stage_depths))
-    return f"resnet_{config.block}_{depths}_w{config.stage_widths[0]}_{config.shortcut}"

@@ -1,8 +1,12 @@
 """Serializable layers the models carry with them.
 
 Every layer here is registered with `keras.saving.register_keras_serializable`
+under the package name `resnet_tuner` (kept stable: saved models refer to it),
 so that a saved model reloads with `safe_mode=True` (no `Lambda` layers) and
 carries its own preprocessing into the export bundle.
+
+Random layers are inference by default: a plain `model(x)` is deterministic,
+only `training=True` (as `fit` passes) augments.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from typing import Any
 import keras
 from keras import ops
 
+#: The serialization package of every registered object (`"resnet_tuner>RandomGamma"`).
+#: Changing it breaks loading of saved models.
 PACKAGE = "resnet_tuner"
 
 #: BGR channel means that keras.applications.resnet50.preprocess_input subtracts
@@ -20,12 +26,32 @@ CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class RandomFlip(keras.layers.RandomFlip):
+    """`keras.layers.RandomFlip` that flips only when called with `training=True`.
+
+    Keras' own layer defaults to `training=True`, so `model(x)` without the
+    argument would flip at inference.
+    """
+
+    def call(self, data, training=False):
+        return super().call(data, training=training)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class RandomTranslation(keras.layers.RandomTranslation):
+    """`keras.layers.RandomTranslation` that shifts only when called with `training=True`."""
+
+    def call(self, data, training=False):
+        return super().call(data, training=training)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class RandomGamma(keras.layers.Layer):
     """Random gamma correction `x ** g` per image, in training only.
 
-    Expects inputs scaled to [0, 1]. `g` is drawn uniformly from
-    `[low, high]` for each image; the 003 seed draws it from {0.4, ..., 0.7}.
-    At inference the layer is the identity.
+    Expects inputs scaled to [0, 1]. `g` is drawn uniformly from `[low, high]`
+    for each image (the cats-vs-dogs tutorial's mini-ResNet draws it from
+    0.4..0.7). At inference the layer is the identity.
 
     Args:
         low: smallest gamma (> 0).
@@ -44,7 +70,7 @@ class RandomGamma(keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=False):
         if not training:
             return inputs
         batch = ops.shape(inputs)[0]
@@ -70,7 +96,8 @@ class ZeroPadShortcut(keras.layers.Layer):
 
     He et al. 2015, sec. 3.3 (A): "the shortcut still performs identity mapping,
     with extra zero entries padded for increasing dimensions"; a strided shortcut
-    takes every `strides`-th pixel, matching a 'same'-padded strided conv.
+    takes every `strides`-th pixel, matching a 'same'-padded strided conv. The
+    input channels come first, the zero channels after them.
 
     Args:
         strides: spatial subsampling factor.

@@ -1,0 +1,156 @@
+"""`build_resnet`: a pure function from a `ResNetConfig` to a Keras model.
+
+The builder never sees a keras-tuner `HyperParameters` object, so it is unit
+tested on its own and rebuilds any searched model from its `config.json`.
+
+A model is `uint8 image -> Rescaling(1/255) -> augmentation (training only)
+-> backbone -> head`. What lives where:
+
+* `blocks`: stems, shortcut modes and residual blocks, one dispatch table per
+  family (`STEMS`, `SHORTCUTS`, `BLOCKS`), and `residual_backbone`.
+* `augment`: `AUGMENTATIONS`, config field -> layer + neutral value, read by
+  the builder and by the export (which builds with every field neutral).
+* `backbones`: `BACKBONES`, one record per pretrained network (builder,
+  preprocessing, weights file, stage names), and `resolve_weights`.
+* `layers`: the serializable custom layers the models carry.
+* here: the head, stage freezing and `build_resnet` itself.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import keras
+
+from resnet_tuner.config import ResNetConfig
+from resnet_tuner.model.augment import augmentation_layers
+from resnet_tuner.model.backbones import BACKBONES, pretrained_backbone
+from resnet_tuner.model.blocks import residual_backbone
+
+__all__ = ["build_resnet", "classifier_head", "describe", "freeze_stages", "stage_of"]
+
+
+def classifier_head(x, cfg: ResNetConfig, num_classes: int):
+    """Global average pooling -> dropout -> optional hidden dense -> classifier."""
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if cfg.dropout > 0:
+        x = keras.layers.Dropout(cfg.dropout, name="head_dropout")(x)
+    if cfg.head_hidden:
+        x = keras.layers.Dense(cfg.head_hidden, activation="relu", name="head_hidden")(x)
+    if cfg.binary_head:
+        return keras.layers.Dense(1, activation="sigmoid", name="predictions")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+
+
+# This builder's layer names: `stem_conv`, `stage3_block2_conv1`, ...
+_SCRATCH_STAGE = re.compile(r"^stem_|^stage(\d+)_")
+
+
+def stage_of(layer_name: str) -> int | None:
+    """The stage a layer belongs to from its name (1 = stem), or None (head, augmentation).
+
+    Reads this builder's names (`stem_conv`, `stage3_block2_conv1`) and those of
+    every pretrained backbone in `BACKBONES` (for ResNet50: `conv1_conv`,
+    `pool1_pool`, `conv3_block2_1_conv`).
+    """
+    match = _SCRATCH_STAGE.match(layer_name)
+    if match:
+        return int(match.group(1)) if match.group(1) else 1
+    for record in BACKBONES.values():
+        for stage, prefixes in enumerate(record.stage_prefixes, start=1):
+            if layer_name.startswith(prefixes):
+                return stage
+    return None
+
+
+def freeze_stages(model: keras.Model, stages: int) -> list[str]:
+    """Freezes every layer of stages 1..`stages` (nested models included).
+
+    Frozen BatchNormalization layers run in inference mode (Keras 3 semantics of
+    `trainable=False`), so fine-tuning does not disturb pretrained statistics.
+
+    Returns:
+        The names of the frozen layers.
+    """
+    frozen = []
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, keras.Model):
+            stack.extend(layer.layers)
+            continue
+        stage = stage_of(layer.name)
+        if stage is not None and stage <= stages:
+            layer.trainable = False
+            frozen.append(layer.name)
+    return frozen
+
+
+def build_resnet(
+    config: ResNetConfig,
+    input_shape: Sequence[int] = (224, 224, 3),
+    num_classes: int = 1000,
+    name: str | None = None,
+) -> keras.Model:
+    """Builds the classifier `config` describes.
+
+    The model takes uint8 (or 0..255 float) images of `input_shape`, rescales
+    them to [0, 1] itself, augments them only when called with
+    `training=True`, and outputs class probabilities (one sigmoid unit when
+    `config.binary_head`).
+
+    Args:
+        config: the architecture.
+        input_shape: `(height, width, channels)` of the images.
+        num_classes: number of classes (2 for a sigmoid `binary_head`).
+        name: model name; defaults to a short description of the config.
+
+    Returns:
+        An uncompiled `keras.Model`.
+
+    Raises:
+        ValueError: on an input shape or class count the config cannot take.
+
+    Example:
+        >>> cfg = ResNetConfig.preset("resnet20")
+        >>> build_resnet(cfg, (32, 32, 3), 10).count_params()
+        271098
+    """
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or not all(isinstance(d, int) and d > 0 for d in input_shape):
+        raise ValueError(
+            "input_shape must be (height, width, channels) positive integers. "
+            f"Received: input_shape={input_shape}"
+        )
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(
+            f"num_classes must be an integer >= 2. Received: num_classes={num_classes!r}"
+        )
+    if config.binary_head and num_classes != 2:
+        raise ValueError(
+            "binary_head=True (one sigmoid unit) needs num_classes=2. "
+            f"Received: num_classes={num_classes}"
+        )
+
+    inputs = keras.Input(shape=input_shape, dtype="uint8", name="image")
+    x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    for layer in augmentation_layers(config):
+        x = layer(x)
+    if config.backbone in BACKBONES:
+        x = pretrained_backbone(x, config)
+    else:
+        x = residual_backbone(x, config)
+    outputs = classifier_head(x, config, num_classes)
+    model = keras.Model(inputs, outputs, name=name or describe(config))
+    if config.freeze_stages:
+        freeze_stages(model, config.freeze_stages)
+    return model
+
+
+def describe(config: ResNetConfig) -> str:
+    """A short model name, e.g. `resnet_basic_2-2-2-2_w64_B` or `resnet50_transfer_f3`."""
+    if config.backbone in BACKBONES:
+        return f"{config.backbone}_transfer_f{config.freeze_stages}"
+    depths = "-".join(map(str, config.stage_depths))
+    return f"resnet_{config.block}_{depths}_w{config.stage_widths[0]}_{config.shortcut}"
