@@ -9,30 +9,7 @@ import numpy as np
 import pytest
 
 from resnet_tuner import ImageFolder, datasets, load_image
-from resnet_tuner import data as data_module
-
-
-def write_image(path, size=(24, 20), value=None, channels=3, dtype=np.uint8, ext=None):
-    """Writes a small image with OpenCV's encoder through bytes (works for any path)."""
-    rng = np.random.default_rng(abs(hash(str(path))) % 2**32)
-    h, w = size
-    high = 65535 if dtype == np.uint16 else 255
-    shape = (h, w) if channels == 1 else (h, w, channels)
-    image = rng.integers(0, high, shape).astype(dtype) if value is None else np.full(
-        shape, value, dtype
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buffer = cv2.imencode(ext or path.suffix, image)
-    assert ok
-    path.write_bytes(buffer.tobytes())
-    return path
-
-
-def make_folder(root, classes=("cat", "dog", "fox"), per_class=10, ext=".jpg"):
-    for c, name in enumerate(classes):
-        for i in range(per_class):
-            write_image(root / name / f"{name} {i}{ext}", value=40 * c + i)
-    return root
+from resnet_tuner.data import store
 
 
 @pytest.fixture
@@ -40,7 +17,7 @@ def cache(tmp_path):
     return tmp_path / "cache"
 
 
-def test_class_folders_split_stratified(tmp_path, cache):
+def test_class_folders_split_stratified(tmp_path, cache, make_folder):
     root = make_folder(tmp_path / "pets", per_class=20)
     data = ImageFolder(root, image_size=(16, 16), split=(0.6, 0.2, 0.2), seed=0,
                        cache_dir=cache, verbose=0)
@@ -60,7 +37,7 @@ def test_class_folders_split_stratified(tmp_path, cache):
     assert data.input_shape == (16, 16, 3)
 
 
-def test_other_seed_gives_other_split_and_same_seed_the_same(tmp_path, cache):
+def test_other_seed_gives_other_split_and_same_seed_the_same(tmp_path, cache, make_folder):
     root = make_folder(tmp_path / "pets", per_class=10)
     a = ImageFolder(root, image_size=16, seed=0, cache_dir=cache, verbose=0)
     b = ImageFolder(root, image_size=16, seed=0, cache_dir=cache, verbose=0)
@@ -69,7 +46,7 @@ def test_other_seed_gives_other_split_and_same_seed_the_same(tmp_path, cache):
     assert a.split_files("test") != c.split_files("test")
 
 
-def test_presplit_layout_is_used_as_given(tmp_path, cache):
+def test_presplit_layout_is_used_as_given(tmp_path, cache, write_image):
     root = tmp_path / "voc"
     for split, n in (("train", 6), ("validation", 2), ("test", 3)):
         for name in ("car", "dog"):
@@ -82,7 +59,7 @@ def test_presplit_layout_is_used_as_given(tmp_path, cache):
     assert all(f.startswith("test") for f in data.split_files("test"))
 
 
-def test_presplit_class_missing_from_a_split_is_named(tmp_path, cache):
+def test_presplit_class_missing_from_a_split_is_named(tmp_path, cache, write_image):
     root = tmp_path / "voc"
     for split in ("train", "val", "test"):
         for name in ("car", "dog"):
@@ -92,7 +69,8 @@ def test_presplit_class_missing_from_a_split_is_named(tmp_path, cache):
         ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
 
 
-def test_bad_files_are_skipped_with_reasons_and_one_warning(tmp_path, cache):
+def test_bad_files_are_skipped_with_reasons_and_one_warning(tmp_path, cache, make_folder,
+                                                           write_image):
     root = make_folder(tmp_path / "pets", classes=("cat", "dog"), per_class=6)
     good = (root / "cat" / "cat 0.jpg").read_bytes()
     (root / "cat" / "truncated.jpg").write_bytes(good[: len(good) // 2])
@@ -135,7 +113,7 @@ def test_bad_files_are_skipped_with_reasons_and_one_warning(tmp_path, cache):
             "anim.gif"} <= names
 
 
-def test_decoding_converts_every_kind_to_rgb_uint8(tmp_path):
+def test_decoding_converts_every_kind_to_rgb_uint8(tmp_path, write_image):
     alpha = np.zeros((10, 10, 4), np.uint8)  # fully transparent black -> white
     cv2.imwrite(str(tmp_path / "a.png"), alpha)
     np.testing.assert_array_equal(load_image(tmp_path / "a.png", 10), 255)
@@ -152,16 +130,24 @@ def test_decoding_converts_every_kind_to_rgb_uint8(tmp_path):
     assert np.array_equal(gray[..., 0], gray[..., 1])
 
 
-@pytest.mark.parametrize("resize", ["stretch", "crop", "pad"])
-def test_resize_modes_keep_or_stretch_aspect(tmp_path, resize):
-    image = np.full((20, 40, 3), 200, np.uint8)
-    cv2.imwrite(str(tmp_path / "wide.png"), image)
-    out = load_image(tmp_path / "wide.png", (10, 10), resize=resize)
-    assert out.shape == (10, 10, 3)
-    if resize == "pad":  # letterbox: black bars above and below
-        assert out[0].max() == 0 and out[5].min() == 200
-    else:
-        assert out.min() == 200
+def test_stretch_crop_and_pad_give_different_pixels(tmp_path):
+    # 20 x 40: a red quarter, a green half, a blue quarter (left to right).
+    red, green, blue = [255, 0, 0], [0, 255, 0], [0, 0, 255]
+    image = np.zeros((20, 40, 3), np.uint8)
+    image[:, :10], image[:, 10:30], image[:, 30:] = red, green, blue
+    cv2.imwrite(str(tmp_path / "wide.png"), image[:, :, ::-1])  # OpenCV writes BGR
+    out = {mode: load_image(tmp_path / "wide.png", (10, 10), resize=mode)
+           for mode in ("stretch", "crop", "pad")}
+    stretch, crop, pad = out["stretch"], out["crop"], out["pad"]
+    # stretch squeezes all three bands into the square, top to bottom.
+    assert (stretch[:, :2] == red).all() and (stretch[:, 4:6] == green).all()
+    assert (stretch[:, 8:] == blue).all()
+    # crop keeps the aspect ratio and cuts the centre: only the green band is left.
+    assert (crop == green).all()
+    # pad keeps everything at a quarter scale, letterboxed between black rows.
+    assert (pad[:2] == 0).all() and (pad[7:] == 0).all()
+    assert (pad[2:7, :2] == red).all() and (pad[2:7, 4:6] == green).all()
+    assert (pad[2:7, 8:] == blue).all()
 
 
 @pytest.mark.parametrize(
@@ -181,7 +167,7 @@ def test_resize_modes_keep_or_stretch_aspect(tmp_path, resize):
     ],
 )
 def test_error_messages_name_path_class_and_numbers(tmp_path, cache, setup, kwargs, error,
-                                                    message):
+                                                    message, make_folder, write_image):
     root = tmp_path / "pets"
     if setup == "missing":
         root = tmp_path / "nowhere"
@@ -203,7 +189,7 @@ def test_error_messages_name_path_class_and_numbers(tmp_path, cache, setup, kwar
         ImageFolder(root, cache_dir=cache, verbose=0, **{"image_size": 16, **kwargs})
 
 
-def test_manifest_round_trip(tmp_path, cache):
+def test_manifest_round_trip(tmp_path, cache, make_folder):
     root = make_folder(tmp_path / "pets", per_class=10)
     data = ImageFolder(root, image_size=(16, 12), seed=3, cache_dir=cache, verbose=0)
     path = data.write_manifest(tmp_path / "run" / "manifest.json")
@@ -221,12 +207,12 @@ def test_manifest_round_trip(tmp_path, cache):
         ImageFolder.from_manifest(path, cache_dir=cache, verbose=0)
 
 
-def test_cache_is_reused_and_invalidated(tmp_path, cache, monkeypatch):
+def test_cache_is_reused_and_invalidated(tmp_path, cache, monkeypatch, make_folder, write_image):
     root = make_folder(tmp_path / "pets", per_class=10)
     first = ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
     calls = []
-    real = data_module.load_image
-    monkeypatch.setattr(data_module, "load_image",
+    real = store.load_image
+    monkeypatch.setattr(store, "load_image",
                         lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     second = ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
     assert calls == []  # warm: nothing decoded
@@ -246,14 +232,16 @@ def test_cache_is_reused_and_invalidated(tmp_path, cache, monkeypatch):
     assert not list(cache.glob(".images-*"))  # no half-written caches left behind
 
 
-def test_cache_disabled_keeps_images_in_memory(tmp_path):
+def test_cache_disabled_keeps_images_in_memory(tmp_path, monkeypatch, make_folder):
+    monkeypatch.setenv("RESNET_TUNER_CACHE", str(tmp_path / "default_cache"))
     root = make_folder(tmp_path / "pets", per_class=10)
     data = ImageFolder(root, image_size=16, cache_dir=False, verbose=0)
     assert isinstance(data._images, np.ndarray)
+    assert not (tmp_path / "default_cache").exists()  # nothing written anywhere
 
 
-def test_batches_stream_from_the_cache_file(tmp_path, cache, monkeypatch):
-    monkeypatch.setattr(data_module, "IN_MEMORY_BYTES", 0)  # as if larger than memory
+def test_batches_stream_from_the_cache_file(tmp_path, cache, monkeypatch, make_folder):
+    monkeypatch.setattr(store, "IN_MEMORY_BYTES", 0)  # as if larger than memory
     root = make_folder(tmp_path / "pets", per_class=10)
     data = ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
     assert str(data._images).endswith("images.npy")  # read by row, never loaded whole
@@ -270,7 +258,7 @@ def test_batches_stream_from_the_cache_file(tmp_path, cache, monkeypatch):
         np.testing.assert_array_equal(images.numpy().mean(axis=(1, 2, 3)) // 40, labels.numpy())
 
 
-def test_small_splits_are_sliced_in_memory_with_the_same_content(tmp_path, cache):
+def test_small_splits_are_sliced_in_memory_with_the_same_content(tmp_path, cache, make_folder):
     root = make_folder(tmp_path / "pets", per_class=10)
     data = ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
     x, y = data.arrays("test")
@@ -280,7 +268,7 @@ def test_small_splits_are_sliced_in_memory_with_the_same_content(tmp_path, cache
     assert batches[0][1].dtype.name == "int32"
 
 
-def test_class_weights_are_balanced(tmp_path, cache):
+def test_class_weights_are_balanced(tmp_path, cache, make_folder):
     root = tmp_path / "pets"
     make_folder(root, classes=("cat",), per_class=30)
     make_folder(root, classes=("dog",), per_class=10)
@@ -291,7 +279,7 @@ def test_class_weights_are_balanced(tmp_path, cache):
         assert weights[c] == pytest.approx(n / (2 * count))
 
 
-def test_folds_are_stratified_and_leave_test_alone(tmp_path, cache):
+def test_folds_are_stratified_and_leave_test_alone(tmp_path, cache, make_folder):
     root = make_folder(tmp_path / "pets", per_class=20)
     data = ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
     folds = list(data.folds(3))
@@ -316,7 +304,7 @@ def test_digits_is_a_real_stratified_dataset():
     assert x.shape == (180, 32, 32, 3) and x.dtype == np.uint8 and x.max() > 200
 
 
-def test_presplit_without_val_splits_val_off_train_stratified(tmp_path, cache):
+def test_presplit_without_val_splits_val_off_train_stratified(tmp_path, cache, write_image):
     root = tmp_path / "kaggle"
     for split, n in (("train", 10), ("test", 3)):
         for name in ("car", "dog"):
@@ -343,19 +331,41 @@ def test_large_jpeg_is_decoded_reduced_like_a_full_decode(tmp_path):
     assert np.abs(fast - exact).mean() < 4
 
 
-def test_interrupted_cache_write_is_ignored(tmp_path, cache):
+def test_interrupted_decode_publishes_no_cache(tmp_path, cache, monkeypatch, make_folder):
     root = make_folder(tmp_path / "pets", per_class=10)
-    first = ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
-    (entry,) = cache.glob("images-*")
-    # A decode killed mid-way leaves only a hidden temporary folder; it is never read.
-    partial = cache / f".{entry.name}-killed"
-    partial.mkdir()
-    (partial / "images.npy").write_bytes(b"half")
+    real, calls = store.load_image, []
+
+    def load_then_die(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 12:
+            raise KeyboardInterrupt  # Ctrl-C (or a kill) in the middle of a cold decode
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "load_image", load_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
+    # Neither a cache entry (which the next load would trust) nor a temporary folder is left.
+    assert list(cache.iterdir()) == []
+    monkeypatch.setattr(store, "load_image", real)
     again = ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
-    np.testing.assert_array_equal(first.arrays("test")[0], again.arrays("test")[0])
+    fresh = ImageFolder(root, image_size=16, cache_dir=False, verbose=0)
+    np.testing.assert_array_equal(again.arrays("train")[0], fresh.arrays("train")[0])
+    assert again.skipped == [] and len(again.labels("train")) == 24
 
 
-def test_dataset_rejects_bad_batch_size_and_split(tmp_path, cache):
+def test_rare_class_is_in_every_split(tmp_path, cache, make_folder):
+    # 45 common images and 5 rare ones: a plain random split with this seed
+    # leaves the rare class out of val or test; the stratified one cannot.
+    root = tmp_path / "cells"
+    make_folder(root, classes=("common",), per_class=45, ext=".png")
+    make_folder(root, classes=("rare",), per_class=5, ext=".png")
+    data = ImageFolder(root, image_size=8, split=(0.6, 0.2, 0.2), seed=0, cache_dir=cache,
+                       verbose=0)
+    assert data.counts == {"train": {"common": 27, "rare": 3}, "val": {"common": 9, "rare": 1},
+                           "test": {"common": 9, "rare": 1}}
+
+
+def test_dataset_rejects_bad_batch_size_and_split(tmp_path, cache, make_folder):
     data = ImageFolder(make_folder(tmp_path / "pets"), image_size=16, cache_dir=cache, verbose=0)
     with pytest.raises(ValueError, match="batch_size must be a positive integer. Received: 0"):
         data.dataset("train", batch_size=0)
