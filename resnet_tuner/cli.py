@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -22,14 +23,21 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `resnet-tuner search: error: ...` and a pointer to --help.
+
+    argparse prints the whole usage (a dozen lines for `search`) before the one
+    line that matters.
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\nRun '{self.prog} --help' for usage.\n")
+
+
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+    from resnet_tuner.run.options import positive_int
+
+    return positive_int(text)
 
 
 def _non_negative_int(text: str) -> int:
@@ -46,50 +54,10 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _split(text: str) -> tuple[float, float, float]:
-    try:
-        parts = tuple(float(p) for p in text.split(","))
-    except ValueError:
-        parts = ()
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"expected three fractions like 0.8,0.1,0.1, got {text!r}")
-    return parts  # type: ignore[return-value]
-
-
-def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
-    from resnet_tuner.config import TUNERS
-
-    parser.add_argument("--space", default="quick",
-                        help="search space: a preset (quick, mini, paper, cifar, transfer, full) "
-                             "or a .toml file (default: quick)")
-    parser.add_argument("--tuner", default="hyperband", choices=TUNERS,
-                        help="keras-tuner algorithm (default: hyperband)")
-    parser.add_argument("--max-trials", type=_positive_int, default=10,
-                        help="number of trials (default: 10)")
-    parser.add_argument("--epochs", type=_positive_int, default=None,
-                        help="epochs per trial, Hyperband's max epochs (default: the space's)")
-    parser.add_argument("--image-size", type=_positive_int, default=64,
-                        help="images are resized to SIZE x SIZE (default: 64)")
-    parser.add_argument("--batch-size", type=_positive_int, default=None,
-                        help="batch size (default: the space's choice)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split and the tuner")
-    parser.add_argument("--split", type=_split, default=(0.8, 0.1, 0.1),
-                        help="train,val,test fractions for a folder of class subfolders "
-                             "(default: 0.8,0.1,0.1)")
-    parser.add_argument("--resize", choices=("stretch", "crop", "pad"), default="stretch",
-                        help="how images are fitted to the size (default: stretch)")
-    parser.add_argument("--max-params", type=_positive_int, default=None,
-                        help="trials whose model has more parameters fail (default: no cap)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start over instead of resuming the run in --out")
-    parser.add_argument("--trials-per-process", type=_non_negative_int, default=1, metavar="N",
-                        help="run trials in fresh processes of N trials each, so memory that "
-                             "TensorFlow keeps after a trial is given back (default: 1; 0 runs "
-                             "every trial in this process)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from resnet_tuner.run import options
+
+    parser = _Parser(
         prog="resnet-tuner",
         description="Find the best ResNet for a folder of images with Keras Tuner, "
                     "and export it as a bundle you can load and serve.",
@@ -102,10 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "DATA_DIR (one subfolder per class, or train/ val/ test/), then export "
                     "the best model to OUT/best. Run the same command again to resume.",
     )
-    search.add_argument("data_dir", metavar="DATA_DIR",
-                        help="image folder, or 'digits' for scikit-learn's bundled digits")
-    search.add_argument("--out", required=True, help="run directory (e.g. runs/pets)")
-    _add_search_arguments(search)
+    options.add_arguments(search)
+    search.add_argument("--trials-per-process", type=_non_negative_int, default=1, metavar="N",
+                        help="run trials in fresh processes of N trials each, so memory that "
+                             "TensorFlow keeps after a trial is given back (default: 1; 0 runs "
+                             "every trial in this process)")
     cluster = search.add_argument_group(
         "distributed search",
         "Run one chief and any number of workers that share --out (keras-tuner's chief/worker "
@@ -161,29 +130,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=_positive_int, default=8)
     demo.add_argument("--overwrite", action="store_true")
 
-    # Internal: one search process of `run_search_in_processes`.
-    trials = commands.add_parser("_trials")
+    return parser
+
+
+def _trials_parser() -> argparse.ArgumentParser:
+    """Internal: one search process of `run_search_in_processes` (not in the command list)."""
+    from resnet_tuner.run.processes import TRIALS_COMMAND
+
+    trials = _Parser(prog=f"resnet-tuner {TRIALS_COMMAND}")
     trials.add_argument("options")
     trials.add_argument("--stop-after", type=int, required=True)
     trials.add_argument("--started", type=float, required=True)
     trials.add_argument("--done-at-start", type=int, required=True)
-    return parser
-
-
-def _options(args, data_dir: str):
-    from resnet_tuner.search import SearchOptions
-
-    return SearchOptions(
-        data_dir=data_dir, out=args.out, space=args.space, tuner=args.tuner,
-        max_trials=args.max_trials, epochs=args.epochs, image_size=args.image_size,
-        batch_size=args.batch_size, seed=args.seed, split=args.split, resize=args.resize,
-        max_params=args.max_params, overwrite=args.overwrite,
-    )
+    trials.set_defaults(command=TRIALS_COMMAND)
+    return trials
 
 
 def _search_and_export(options, trials_per_process: int = 0, **search_kwargs) -> tuple:
-    from resnet_tuner.export import export_best
-    from resnet_tuner.search import load_run, run_search, run_search_in_processes
+    from resnet_tuner.run.processes import run_search_in_processes
+    from resnet_tuner.run.search import load_run, run_search
 
     started = time.time()
     if trials_per_process:
@@ -191,19 +156,36 @@ def _search_and_export(options, trials_per_process: int = 0, **search_kwargs) ->
         tuner, data, _ = load_run(options.out)
     else:
         tuner, data = run_search(options, **search_kwargs)
-    bundle = export_best(tuner, Path(options.out) / "best", data=data)
-    metrics = json.loads((bundle / "metrics.json").read_text())
+    bundle, metrics = _export(tuner, Path(options.out) / "best", data)
     return bundle, metrics, time.time() - started
 
 
+def _export(tuner, to, data, refit: bool = False) -> tuple[Path, dict]:
+    """Exports the best model; says so when the bundle lacks model.tflite."""
+    import warnings
+
+    from resnet_tuner.export import ExportWarning, export_best
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExportWarning)  # printed below, as one line
+        bundle = export_best(tuner, to, data=data, refit=refit)
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    if not metrics["tflite"]["converted"]:
+        print(f"resnet-tuner: warning: TFLite conversion failed, so {bundle} has no "
+              f"model.tflite (model.keras and saved_model/ are fine): "
+              f"{metrics['tflite']['error']}", file=sys.stderr)
+    return bundle, metrics
+
+
 def cmd_search(args) -> int:
-    from resnet_tuner import distribute
+    from resnet_tuner.run import distribute
+    from resnet_tuner.run.options import SearchOptions
 
     distribute.configure(chief=args.chief, worker=args.worker, worker_id=args.worker_id)
     timeouts = {"connect_timeout": args.connect_timeout, "worker_timeout": args.worker_timeout}
-    options = _options(args, args.data_dir)
+    options = SearchOptions.from_args(args)
     if distribute.role() == "worker":
-        from resnet_tuner.search import run_search
+        from resnet_tuner.run.search import run_search
 
         tuner, _ = run_search(options, **timeouts)
         print(f"worker {tuner.tuner_id}: the search is over; the chief exports the best model")
@@ -216,7 +198,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from resnet_tuner.search import DIGITS, SearchOptions
+    from resnet_tuner.run.options import DIGITS, SearchOptions
 
     options = SearchOptions(
         data_dir=DIGITS, out=args.out, space="quick", tuner="random",
@@ -231,12 +213,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from resnet_tuner.export import export_best
-    from resnet_tuner.search import load_run
+    from resnet_tuner.run.search import load_run
 
     tuner, data, _ = load_run(args.run_dir)
-    bundle = export_best(tuner, args.to, data=data, refit=args.refit)
-    metrics = json.loads((bundle / "metrics.json").read_text())
+    bundle, metrics = _export(tuner, args.to, data, refit=args.refit)
     print(f"exported to {bundle}: test accuracy {100 * metrics['accuracy']:.2f} %")
     return 0
 
@@ -307,7 +287,9 @@ def cmd_report(args) -> int:
 
 def cmd_trials(args) -> int:
     """One process of a search run in fresh processes (see `run_search_in_processes`)."""
-    from resnet_tuner.search import HANDOVER_EXIT, SearchOptions, run_search
+    from resnet_tuner.run.options import SearchOptions
+    from resnet_tuner.run.processes import HANDOVER_EXIT
+    from resnet_tuner.run.search import run_search
 
     try:
         options = SearchOptions.from_dict(json.loads(args.options))
@@ -321,14 +303,26 @@ def cmd_trials(args) -> int:
 COMMANDS = {"search": cmd_search, "export": cmd_export, "predict": cmd_predict,
             "report": cmd_report, "demo": cmd_demo, "_trials": cmd_trials}
 
+#: A library message's wording -> the command line's (the fix is a flag there).
+_SPLIT_EXAMPLE = re.compile(r"change split \(e\.g\. \(([\d.]+), ([\d.]+), ([\d.]+)\)\)")
+
+
+def _cli_wording(message: str) -> str:
+    return _SPLIT_EXAMPLE.sub(r"pass e.g. --split \1,\2,\3", message)
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from resnet_tuner.distribute import ChiefUnreachableError
-    from resnet_tuner.search import SearchProcessError
+    argv = sys.argv[1:] if argv is None else list(argv)
+    from resnet_tuner.run.processes import TRIALS_COMMAND
+
+    if argv[:1] == [TRIALS_COMMAND]:
+        args = _trials_parser().parse_args(argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
+    from resnet_tuner.model.backbones import WeightsUnavailableError
+    from resnet_tuner.run.distribute import ChiefUnreachableError
+    from resnet_tuner.run.processes import SearchProcessError
     from resnet_tuner.space import SpaceError
-    from resnet_tuner.transfer import WeightsUnavailableError
 
     try:
         return COMMANDS[args.command](args)
@@ -341,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CLIError, SpaceError, ValueError, FileNotFoundError, NotADirectoryError,
             WeightsUnavailableError, ChiefUnreachableError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"resnet-tuner: error: {message}", file=sys.stderr)
+        print(f"resnet-tuner: error: {_cli_wording(message)}", file=sys.stderr)
         return 2
     except RuntimeError as err:
         if "consecutive" not in str(err):

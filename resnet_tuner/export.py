@@ -31,6 +31,10 @@ import numpy as np
 from resnet_tuner.config import ResNetConfig, TrainConfig
 
 
+class ExportWarning(UserWarning):
+    """Part of a bundle could not be written (e.g. the TFLite conversion failed)."""
+
+
 def _best_model(tuner):
     with warnings.catch_warnings():
         # The tuner's checkpoints hold the weights only; the optimizer is fresh.
@@ -87,19 +91,31 @@ def _best_epochs(trial, train_cfg: TrainConfig) -> int:
 
 def refit_model(model_cfg: ResNetConfig, train_cfg: TrainConfig, data, epochs: int,
                 verbose: int = 0) -> keras.Model:
-    """Trains `model_cfg` from scratch on train + val (the test split stays held out)."""
+    """Trains `model_cfg` from scratch on train + val (the test split stays held out).
+
+    The two splits are shuffled together into full batches, as a trial's
+    training set is (every training step has one shape; see `ImageData.dataset`).
+    """
     import tensorflow as tf
 
-    from resnet_tuner.builder import build_resnet
+    from resnet_tuner.model import build_resnet
     from resnet_tuner.training import compile_model, schedule_callbacks
 
     model = build_resnet(model_cfg, data.input_shape, data.num_classes)
     compile_model(model, train_cfg, data.num_classes)
-    train = data.dataset("train", batch_size=train_cfg.batch_size, shuffle=True)
-    val = data.dataset("val", batch_size=train_cfg.batch_size, shuffle=False)
-    combined = train.concatenate(val)
+    batch = train_cfg.batch_size
+    images = sum(sum(data.counts[split].values()) for split in ("train", "val"))
+    parts = [data.dataset(split, batch_size=batch, shuffle=False, drop_remainder=False).unbatch()
+             for split in ("train", "val")]
+    full = images >= batch
+    combined = (parts[0].concatenate(parts[1])
+                .shuffle(images, seed=data.seed, reshuffle_each_iteration=True)
+                .batch(batch, drop_remainder=full)
+                # unbatch() hides the length; Keras needs it to count steps per epoch.
+                .apply(tf.data.experimental.assert_cardinality(
+                    images // batch if full else 1)))
     model.fit(combined.prefetch(tf.data.AUTOTUNE), epochs=epochs, verbose=verbose,
-              callbacks=schedule_callbacks(train_cfg, epochs))
+              shuffle=False, callbacks=schedule_callbacks(train_cfg, epochs))
     return model
 
 
@@ -135,9 +151,10 @@ def serving_model(model: keras.Model, model_config: ResNetConfig, input_shape,
     put random-number ops in the traced graph, which TFLite cannot run. The
     copy shares no state with `model`; weights are copied layer by layer.
     """
-    from resnet_tuner.builder import build_resnet
+    from resnet_tuner.model import build_resnet
+    from resnet_tuner.model.augment import without_augmentation
 
-    plain_config = model_config.replace(flip="none", gamma=None, shift=0.0, weights=None)
+    plain_config = without_augmentation(model_config).replace(weights=None)
     plain = build_resnet(plain_config, input_shape, num_classes, name=model.name)
     for layer in plain.layers:
         if layer.weights:
@@ -167,6 +184,10 @@ def _write_bundle(model, folder: Path, data, model_config, train_config, hyperpa
     serving = serving_model(model, model_config, data.input_shape, data.num_classes)
     serving.export(str(saved_model), format="tf_saved_model", verbose=False)
     metrics["tflite"] = _tflite(saved_model, folder / "model.tflite", x_test, probs)
+    if not metrics["tflite"]["converted"]:
+        warnings.warn(f"TFLite conversion failed, so the bundle has no model.tflite "
+                      f"(model.keras and saved_model/ are fine): {metrics['tflite']['error']}",
+                      ExportWarning, stacklevel=3)
 
     config = {
         "model": model_config.to_dict(),
@@ -339,7 +360,7 @@ def load_bundle(directory: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(
             f"Not an export bundle (no model.keras / config.json): {folder}"
         )
-    import resnet_tuner.layers  # noqa: F401  (registers the custom layers)
+    import resnet_tuner.model.layers  # noqa: F401  (registers the custom layers)
     import resnet_tuner.training  # noqa: F401
 
     return {

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from resnet_tuner.search import PROJECT, RUN_FILE
+from resnet_tuner.run.rundir import PROJECT, RUN_FILE
 
 
 def read_trials(run_dir: Path) -> list[dict[str, Any]]:

@@ -201,3 +201,73 @@ def test_trials_run_in_fresh_processes_and_in_process_alike(tmp_path, capfd):
                       for p in (tmp_path / run / "tuner").glob("trial_*/trial.json"))
 
     assert values("a") == values("b") and len(values("a")) == 3
+
+
+def test_argparse_errors_are_one_line_and_a_pointer_to_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["search", "digits", "--out", "x", "--tuner", "anneal"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "resnet-tuner search: error: argument --tuner: invalid choice: 'anneal' "
+        "(choose from 'hyperband', 'random', 'bayesian', 'grid')",
+        "Run 'resnet-tuner search --help' for usage.",
+    ]
+
+
+def test_the_internal_trials_command_is_not_offered(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["serch"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'serch'" in err and "_trials" not in err
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "_trials" not in capsys.readouterr().out
+
+
+def test_too_few_images_suggests_a_split_flag(tmp_path, capsys):
+    folder = make_folder(tmp_path / "shapes", per_class=4)
+    code = cli.main(["search", str(folder), "--out", str(tmp_path / "run"),
+                     "--trials-per-process", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "too few images" in err
+    assert "pass e.g. --split 0.6,0.2,0.2" in err and "(0.6, 0.2, 0.2)" not in err
+
+
+def test_predict_equals_load_image_and_the_model(run, capsys):
+    import keras
+
+    from resnet_tuner import load_image
+
+    bundle = run["out"] / "best"
+    images = sorted((run["folder"] / "stripe").glob("*.jpg"))[:3]
+    assert cli.main(["predict", str(bundle), *map(str, images), "--json", "--top", "3"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    config = json.loads((bundle / "config.json").read_text())
+    classes = json.loads((bundle / "classes.json").read_text())
+    model = keras.saving.load_model(bundle / "model.keras", safe_mode=True)
+    x = np.stack([load_image(p, tuple(config["image_size"]), config["resize"]) for p in images])
+    probs = model.predict(x, verbose=0)
+    assert [row["image"] for row in rows] == [str(p) for p in images]
+    for row, p in zip(rows, probs, strict=True):
+        assert row["class"] == classes[int(p.argmax())]
+        assert [q["class"] for q in row["predictions"]] == [classes[i] for i in np.argsort(-p)[:3]]
+        assert [q["probability"] for q in row["predictions"]] == pytest.approx(
+            sorted(p, reverse=True)[:3], abs=1e-6)
+
+
+def test_a_failed_tflite_conversion_is_said_on_the_command_line(run, tmp_path, capsys,
+                                                                monkeypatch):
+    import tensorflow as tf
+
+    class Refuses:
+        @staticmethod
+        def from_saved_model(path):
+            raise RuntimeError("op not supported")
+
+    monkeypatch.setattr(tf.lite, "TFLiteConverter", Refuses)
+    assert cli.main(["export", str(run["out"]), "--to", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert (f"resnet-tuner: warning: TFLite conversion failed, so {tmp_path / 'b'} has no "
+            "model.tflite (model.keras and saved_model/ are fine): RuntimeError: op not "
+            "supported") in err
+    assert not (tmp_path / "b" / "model.tflite").exists()

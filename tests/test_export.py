@@ -141,11 +141,69 @@ def test_tflite_failure_is_reported_not_fatal(trained, tmp_path, monkeypatch):
             raise RuntimeError("op not supported")
 
     monkeypatch.setattr(tf.lite, "TFLiteConverter", Refuses)
-    path = export_model(model, tmp_path / "b", data=data, model_config=CONFIG)
+    with pytest.warns(export_module.ExportWarning,
+                      match="TFLite conversion failed, so the bundle has no model.tflite "
+                            r"\(model.keras and saved_model/ are fine\): "
+                            "RuntimeError: op not supported"):
+        path = export_model(model, tmp_path / "b", data=data, model_config=CONFIG)
     metrics = json.loads((path / "metrics.json").read_text())
     assert metrics["tflite"] == {"converted": False, "error": "RuntimeError: op not supported"}
     assert not (path / "model.tflite").exists()
-    assert "TFLite conversion failed" in (path / "MODEL_CARD.md").read_text()
+    card = (path / "MODEL_CARD.md").read_text()
+    assert "TFLite conversion failed, so no model.tflite: RuntimeError: op not supported" in card
+
+
+def test_held_out_metrics_match_hand_computed_figures():
+    probs = np.array([
+        [0.50, 0.20, 0.10, 0.10, 0.05, 0.05],  # class a: right
+        [0.40, 0.30, 0.10, 0.10, 0.06, 0.04],  # class b: predicted a, b 2nd (in the top 5)
+        [0.30, 0.25, 0.20, 0.15, 0.10, 0.00],  # class f: predicted a, f last (not in the top 5)
+        [0.10, 0.10, 0.60, 0.10, 0.05, 0.05],  # class c: right
+    ])
+    labels = np.array([0, 1, 5, 2])
+    metrics = export_module.held_out_metrics(probs, labels, list("abcdef"))
+    assert metrics["images"] == 4
+    assert metrics["accuracy"] == 0.5
+    assert metrics["top5_accuracy"] == 0.75
+    a, b, c, f = (metrics["per_class"][k] for k in "abcf")
+    # a: predicted 3 times, right once -> precision 1/3, recall 1/1, F1 2PR/(P+R) = 0.5
+    assert a["precision"] == pytest.approx(1 / 3) and a["recall"] == 1.0
+    assert a["f1-score"] == pytest.approx(0.5) and a["support"] == 1
+    assert (b["precision"], b["recall"], b["f1-score"]) == (0.0, 0.0, 0.0)  # never predicted
+    assert (c["precision"], c["recall"], c["support"]) == (1.0, 1.0, 1)
+    assert (f["recall"], f["support"]) == (0.0, 1)
+    assert metrics["per_class"]["d"]["support"] == 0
+    assert metrics["confusion_matrix"] == [
+        [1, 0, 0, 0, 0, 0],
+        [1, 0, 0, 0, 0, 0],
+        [0, 0, 1, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0],
+        [1, 0, 0, 0, 0, 0],
+    ]
+    # Five classes or fewer: top-5 would always be 1, so it is left out.
+    assert "top5_accuracy" not in export_module.held_out_metrics(probs[:, :5], labels % 5,
+                                                                 list("abcde"))
+
+
+def test_refit_trains_on_train_and_val_together(trained, monkeypatch):
+    _, data = trained
+    seen = {}
+    fit = keras.Model.fit
+
+    def counting_fit(self, x, *args, **kwargs):
+        seen["images"] = sum(int(labels.shape[0]) for _, labels in x)
+        seen["batches"] = {int(labels.shape[0]) for _, labels in x}
+        return fit(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", counting_fit)
+    batch = 64
+    export_module.refit_model(CONFIG, TrainConfig(batch_size=batch, learning_rate=0.01), data,
+                              epochs=1)
+    train, val = (len(data.arrays(split)[1]) for split in ("train", "val"))
+    assert (train, val) == (1437, 180)
+    assert seen["images"] == (train + val) // batch * batch > train  # val is in, full batches
+    assert seen["batches"] == {batch}
 
 
 def test_binary_sigmoid_bundle(tmp_path):

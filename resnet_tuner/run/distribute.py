@@ -27,6 +27,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from resnet_tuner.run import ktcompat
+
 #: Seconds between a worker's heartbeats while it trains.
 HEARTBEAT_S = 2.0
 #: Seconds a worker's RPC may take before the worker gives up on the chief.
@@ -110,9 +112,7 @@ def wait_for_chief(timeout: float) -> None:
         channel.close()
     # keras-tuner's client waits up to an hour on every call; a worker whose chief
     # died should fail within minutes instead.
-    from keras_tuner.src.distribute import oracle_client
-
-    oracle_client.TIMEOUT = RPC_TIMEOUT_S
+    ktcompat.set_rpc_timeout(RPC_TIMEOUT_S)
 
 
 class Heartbeat:
@@ -124,12 +124,9 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._beat, daemon=True, name="heartbeat")
 
     def _beat(self):
-        from keras_tuner.src import protos
-
-        request = protos.get_service().GetTrialRequest(trial_id=self._trial_id)
         while not self._stop.wait(HEARTBEAT_S):
             try:
-                self._client.stub.GetTrial(request, timeout=HEARTBEAT_S * 5)
+                ktcompat.send_heartbeat(self._client, self._trial_id, timeout=HEARTBEAT_S * 5)
             except Exception:  # the chief is busy or gone; the trial's own calls will tell
                 pass
 
@@ -144,26 +141,20 @@ class Heartbeat:
 
 def _servicer(oracle):
     """keras-tuner's `OracleServicer`, noting when each trial's worker was last heard from."""
-    from keras_tuner.src import protos
-    from keras_tuner.src.distribute.oracle_chief import OracleServicer
-    from keras_tuner.src.engine import trial as trial_module
-
-    status = trial_module.TrialStatus
-
-    class Servicer(OracleServicer):
+    class Servicer(ktcompat.servicer_base()):
         def __init__(self, oracle):
             super().__init__(oracle)
             self.seen: dict[str, float] = {}
 
         def CreateTrial(self, request, context):  # noqa: N802 (gRPC method names)
             trial = _create_trial(self.oracle, request.tuner_id)
-            if trial.status == status.STOPPED:
+            if trial.status == ktcompat.TrialStatus.STOPPED:
                 self.stop_triggered = True
-            elif trial.status == status.RUNNING:
+            elif trial.status == ktcompat.TrialStatus.RUNNING:
                 self.seen[trial.trial_id] = time.monotonic()
             else:  # IDLE: let the worker wait here instead of asking again at once
                 time.sleep(IDLE_WAIT_S)
-            return protos.get_service().CreateTrialResponse(trial=trial.to_proto())
+            return ktcompat.create_trial_response(trial)
 
         def UpdateTrial(self, request, context):  # noqa: N802
             self.seen[request.trial_id] = time.monotonic()
@@ -176,45 +167,53 @@ def _servicer(oracle):
     return Servicer(oracle)
 
 
-def _synchronized(func):
-    from keras_tuner.src.engine.oracle import synchronized
-
-    return synchronized(func)
-
-
-@_synchronized
+@ktcompat.synchronized
 def _create_trial(oracle, tuner_id):
     """The oracle's next trial; IDLE instead of STOPPED while other trials still run."""
-    from keras_tuner.src.engine import trial as trial_module
-
     trial = oracle.create_trial(tuner_id)
     others = [t for t in oracle.ongoing_trials if t != tuner_id]
-    if trial.status == trial_module.TrialStatus.STOPPED and others:
+    if trial.status == ktcompat.TrialStatus.STOPPED and others:
         oracle.tuner_ids.add(tuner_id)  # still a client: it will ask again
-        return trial_module.Trial(oracle.get_space(), status=trial_module.TrialStatus.IDLE)
+        return ktcompat.Trial(oracle.get_space(), status=ktcompat.TrialStatus.IDLE)
     return trial
 
 
-@_synchronized
+@ktcompat.synchronized
 def _requeue(oracle, tuner_id, trial, reason):
     """Puts a lost worker's trial back in the queue for the next worker that asks."""
-    from keras_tuner.src.engine import trial as trial_module
-
-    if oracle.ongoing_trials.get(tuner_id) is not trial:
-        return
-    oracle.ongoing_trials.pop(tuner_id)
-    oracle.tuner_ids.discard(tuner_id)
-    trial.status = trial_module.TrialStatus.INVALID
-    trial.message = reason
-    if trial.trial_id not in oracle._retry_queue:
-        oracle._retry_queue.append(trial.trial_id)
-    oracle._save_trial(trial)
-    oracle.save()
+    return ktcompat.requeue(oracle, tuner_id, trial, reason)
 
 
-@_synchronized
+@ktcompat.synchronized
 def _finished(oracle):
-    return not oracle.ongoing_trials and not oracle.tuner_ids and not oracle._retry_queue
+    return ktcompat.nothing_left(oracle)
+
+
+def requeue_silent_workers(oracle, seen: dict[str, float], now: float, worker_timeout: float,
+                           log: Callable[[str], None] = print) -> list[str]:
+    """Gives the trials of workers not heard from for `worker_timeout` s back to the queue.
+
+    Args:
+        oracle: the chief's oracle.
+        seen: trial id -> when its worker was last heard from (`now`'s clock);
+            a running trial not in it counts as heard from `now`.
+        now: the current time on the clock of `seen`.
+        worker_timeout: seconds of silence after which a worker counts as lost.
+        log: where the chief says which trial it requeues.
+
+    Returns:
+        The ids of the requeued trials.
+    """
+    requeued = []
+    for tuner_id, trial in list(oracle.ongoing_trials.items()):
+        last = seen.setdefault(trial.trial_id, now)
+        if now - last > worker_timeout:
+            log(f"chief: no word from worker {tuner_id} for {now - last:.0f} s; "
+                f"trial {trial.trial_id} goes back in the queue")
+            if _requeue(oracle, tuner_id, trial,
+                        f"worker {tuner_id} stopped answering; trial rerun"):
+                requeued.append(trial.trial_id)
+    return requeued
 
 
 def serve(oracle, worker_timeout: float = 60.0, on_trial_end: Callable | None = None,
@@ -231,11 +230,10 @@ def serve(oracle, worker_timeout: float = 60.0, on_trial_end: Callable | None = 
     from concurrent import futures
 
     import grpc
-    from keras_tuner.src import protos
 
     servicer = _servicer(oracle)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+    ktcompat.add_servicer(servicer, server)
     if server.add_insecure_port(address()) == 0:
         raise OSError(f"The chief cannot listen on {address()}: the port is taken or the "
                       "address is not this machine's.")
@@ -246,14 +244,7 @@ def serve(oracle, worker_timeout: float = 60.0, on_trial_end: Callable | None = 
     try:
         while True:
             time.sleep(poll)
-            now = time.monotonic()
-            for tuner_id, trial in list(oracle.ongoing_trials.items()):
-                last = servicer.seen.setdefault(trial.trial_id, now)
-                if now - last > worker_timeout:
-                    log(f"chief: no word from worker {tuner_id} for {now - last:.0f} s; "
-                        f"trial {trial.trial_id} goes back in the queue")
-                    _requeue(oracle, tuner_id, trial,
-                             f"worker {tuner_id} stopped answering; trial rerun")
+            requeue_silent_workers(oracle, servicer.seen, time.monotonic(), worker_timeout, log)
             while on_trial_end is not None and reported < len(oracle.end_order):
                 on_trial_end(oracle.trials[oracle.end_order[reported]])
                 reported += 1

@@ -1,0 +1,315 @@
+"""`SearchOptions`: the one list of a search run's settings.
+
+Each field carries its own metadata (`Option`): help text, command-line flag
+and parser, choices and bounds, whether it is part of the run's identity (a
+run may only be resumed with the same value) and which keras-tuner
+constructor keyword it feeds. The CLI's arguments (`add_arguments`),
+validation (`SearchOptions.validate`), the resume check (`IDENTITY`), the
+reload of a run (`from_dict`) and the tuner factory (`tuner_arguments`) all
+read them from here, so a new setting is one field plus the code that uses it.
+
+This module imports neither TensorFlow nor keras-tuner: `resnet-tuner --help`
+builds its parser from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from resnet_tuner.config import TUNERS
+
+#: Data directory name that selects scikit-learn's bundled digits.
+DIGITS = "digits"
+
+
+def preset_names() -> list[str]:
+    """The bundled search-space presets, for the help text.
+
+    `resnet_tuner.space.available_spaces()` lists the same folder, but loading
+    it loads keras-tuner and TensorFlow, which `--help` must not wait for.
+    """
+    try:
+        folder = resources.files("resnet_tuner.search_spaces")
+    except ModuleNotFoundError:  # a source checkout run without installing
+        folder = Path(__file__).resolve().parents[2] / "search_spaces"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def resize_modes() -> tuple[str, ...]:
+    """How images can be fitted to the square input (`resnet_tuner.data.RESIZE_MODES`)."""
+    from resnet_tuner.data import RESIZE_MODES
+
+    return tuple(RESIZE_MODES)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def fractions(text: str) -> tuple[float, float, float]:
+    """argparse type: `0.8,0.1,0.1` -> `(0.8, 0.1, 0.1)`."""
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected three fractions like 0.8,0.1,0.1, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def _check_split(split) -> None:
+    from resnet_tuner.data import check_split_fractions
+
+    check_split_fractions(split)
+
+
+def _check_data_dir(data_dir) -> None:
+    if data_dir != DIGITS and not Path(data_dir).is_dir():
+        raise FileNotFoundError(
+            f"Image folder not found: {data_dir} (give a folder with one subfolder "
+            f"per class, or '{DIGITS}' for the bundled digits)"
+        )
+
+
+def oracle_seed(seed: int) -> int:
+    """keras-tuner reads seed 0 as "no seed" and draws a random one; shift so that
+    every seed, 0 included, gives the same trials on every run and resume."""
+    return seed % (2**31 - 1) + 1
+
+
+@dataclass(frozen=True)
+class Option:
+    """What the code around a `SearchOptions` field needs to know about it.
+
+    Attributes:
+        help: the command line's help; `{default}` and `{choices}` are filled in.
+        flag: the command-line flag; `""` derives `--field-name`, None makes the
+            field positional.
+        parse: argparse `type` (a bool field becomes a `store_true` switch).
+        choices: the allowed values.
+        minimum: the smallest allowed integer (None: not an integer bound).
+        check: called with the value by `validate`; raises on a bad one.
+        identity: resuming the run with another value is refused.
+        tuner_kwarg: keras-tuner constructor keyword the value feeds: one name
+            for every tuner, or `{tuner: name}` for some.
+        to_tuner: turns the value into the keyword's value.
+        metavar, required: as in argparse.
+    """
+
+    help: str
+    flag: str | None = ""
+    parse: Callable[[str], Any] | None = None
+    choices: tuple | Callable[[], list] | None = None
+    minimum: int | None = None
+    check: Callable[[Any], None] | None = None
+    identity: bool = False
+    tuner_kwarg: str | Mapping[str, str] | None = None
+    to_tuner: Callable[[Any], Any] | None = None
+    metavar: str | None = None
+    required: bool = False
+
+
+def option(default: Any = dataclasses.MISSING, **metadata) -> Any:
+    """A dataclass field of `SearchOptions` with its `Option` metadata."""
+    return dataclasses.field(default=default, metadata={"option": Option(**metadata)})
+
+
+@dataclass
+class SearchOptions:
+    """Everything a search run needs; stored in `run.json`.
+
+    Every field's meaning is its `Option.help` (`resnet-tuner search --help`
+    prints them). `validate()` checks them all.
+
+    A new keras-tuner option is one field; `hyperband_factor` is the pattern:
+    `option(3, parse=positive_int, minimum=2, identity=True,
+    tuner_kwarg={"hyperband": "factor"}, help=...)` gives the `--hyperband-factor`
+    flag, its check, its place in the resume identity and Hyperband's `factor=`.
+
+    Example:
+        >>> options = SearchOptions("pets/", out="runs/pets", tuner="random", max_trials=20)
+        >>> options.validate()
+        >>> options.tuner_arguments()["max_trials"]
+        20
+    """
+
+    data_dir: str = option(
+        flag=None, metavar="DATA_DIR", identity=True, check=_check_data_dir,
+        help=f"image folder (one subfolder per class, or train/ val/ test/), or '{DIGITS}' "
+             "for scikit-learn's bundled digits")
+    out: str = option(flag="--out", required=True, help="run directory (e.g. runs/pets)")
+    space: str = option(
+        "quick", identity=True, metavar="SPACE",
+        help="search space: a preset ({presets}) or a .toml file (default: {default})")
+    tuner: str = option(
+        "hyperband", choices=TUNERS, identity=True,
+        help="keras-tuner algorithm (default: {default})")
+    max_trials: int = option(
+        10, parse=positive_int, minimum=1, tuner_kwarg="max_trials", metavar="N",
+        help="number of trials; raise it to search a finished run further (default: {default})")
+    epochs: int | None = option(
+        None, parse=positive_int, minimum=1, identity=True, metavar="N",
+        tuner_kwarg={"hyperband": "max_epochs"},
+        help="epochs per trial, Hyperband's max epochs (default: the space's)")
+    hyperband_factor: int = option(
+        3, parse=positive_int, minimum=2, identity=True, tuner_kwarg={"hyperband": "factor"},
+        metavar="FACTOR",
+        help="Hyperband keeps 1/FACTOR of each round's models (default: {default})")
+    image_size: int = option(
+        64, parse=positive_int, minimum=1, identity=True, metavar="SIZE",
+        help="images are resized to SIZE x SIZE (default: {default})")
+    batch_size: int | None = option(
+        None, parse=positive_int, minimum=1, identity=True, metavar="N",
+        help="batch size (default: the space's choice)")
+    seed: int = option(
+        0, parse=int, identity=True, tuner_kwarg="seed", to_tuner=oracle_seed,
+        help="seed of the split and the tuner (default: {default})")
+    split: tuple[float, float, float] = option(
+        (0.8, 0.1, 0.1), parse=fractions, identity=True, check=_check_split,
+        metavar="TRAIN,VAL,TEST",
+        help="train,val,test fractions for a folder of class subfolders (default: {default})")
+    resize: str = option(
+        "stretch", choices=resize_modes, identity=True,
+        help="how images are fitted to the size (default: {default})")
+    max_pixels: int | None = option(
+        None, parse=positive_int, minimum=1, metavar="N",
+        help="images whose header states more pixels are skipped unread, against "
+             "decompression bombs (default: resnet_tuner.data.MAX_PIXELS)")
+    max_params: int | None = option(
+        None, parse=positive_int, minimum=1, tuner_kwarg="max_model_size", metavar="N",
+        help="trials whose model has more parameters fail (default: no cap)")
+    max_failures: int = option(
+        3, parse=positive_int, minimum=1, tuner_kwarg="max_consecutive_failed_trials",
+        metavar="N", help="consecutive failed trials that stop the search (default: {default})")
+    overwrite: bool = option(
+        False, tuner_kwarg="overwrite",
+        help="start over instead of resuming the run in --out")
+
+    def validate(self, *, paths: bool = True) -> None:
+        """Checks every field against its `Option`.
+
+        Args:
+            paths: also check that `data_dir` exists.
+
+        Raises:
+            ValueError: a value out of its choices or bounds.
+            FileNotFoundError: `data_dir` is not a folder (with `paths`).
+        """
+        for field in dataclasses.fields(self):
+            meta: Option = field.metadata["option"]
+            value = getattr(self, field.name)
+            if value is None and field.default is None:
+                continue
+            choices = meta.choices() if callable(meta.choices) else meta.choices
+            if choices is not None and value not in choices:
+                raise ValueError(f"{field.name} must be one of {tuple(choices)}. "
+                                 f"Received: {field.name}={value!r}")
+            if meta.minimum is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < meta.minimum
+            ):
+                bound = "a positive integer" if meta.minimum == 1 else (
+                    f"an integer >= {meta.minimum}")
+                raise ValueError(f"{field.name} must be {bound}. "
+                                 f"Received: {field.name}={value!r}")
+            if meta.check is not None and (paths or field.name != "data_dir"):
+                meta.check(value)
+
+    @classmethod
+    def from_dict(cls, saved: Mapping[str, Any]) -> SearchOptions:
+        """Options from `dataclasses.asdict` JSON (run.json); unknown keys are ignored."""
+        values = {f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name in saved}
+        if "split" in values:
+            values["split"] = tuple(values["split"])
+        return cls(**values)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **given) -> SearchOptions:
+        """Options from parsed `add_arguments` arguments; `given` overrides them."""
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+                  if hasattr(args, f.name)}
+        return cls(**{**values, **given})
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The fields that have a default, with it, as JSON values."""
+        return {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+                for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields as JSON values (tuples become lists), as `run.json` stores them."""
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+    def tuner_arguments(self, **resolved) -> dict[str, Any]:
+        """Keyword arguments of the `tuner`'s constructor, from the fields that feed one.
+
+        Args:
+            **resolved: field values to use instead of the stored ones (e.g.
+                `epochs` resolved against the space when it is None).
+        """
+        kwargs = {}
+        for field in dataclasses.fields(self):
+            meta: Option = field.metadata["option"]
+            keyword = meta.tuner_kwarg
+            if isinstance(keyword, Mapping):
+                keyword = keyword.get(self.tuner)
+            if not keyword:
+                continue
+            value = resolved.get(field.name, getattr(self, field.name))
+            kwargs[keyword] = meta.to_tuner(value) if meta.to_tuner else value
+        return kwargs
+
+
+#: Settings that define a run: resuming with others would mix two searches.
+IDENTITY = tuple(f.name for f in dataclasses.fields(SearchOptions)
+                 if f.metadata["option"].identity)
+
+
+def _shown(value: Any) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+
+
+def add_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """Adds one argument per `SearchOptions` field (but `exclude`) to `parser`."""
+    for field in dataclasses.fields(SearchOptions):
+        if field.name in exclude:
+            continue
+        meta: Option = field.metadata["option"]
+        default = None if field.default is dataclasses.MISSING else field.default
+        choices = meta.choices() if callable(meta.choices) else meta.choices
+        text = meta.help
+        if "{" in text:
+            text = text.format(default=_shown(default), presets=", ".join(preset_names()),
+                               choices=", ".join(map(str, choices or ())))
+        kwargs: dict[str, Any] = {"help": text}
+        if meta.metavar:
+            kwargs["metavar"] = meta.metavar
+        if meta.flag is None:
+            parser.add_argument(field.name, **kwargs)
+            continue
+        flag = meta.flag or "--" + field.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", **kwargs)
+            continue
+        if meta.parse is not None:
+            kwargs["type"] = meta.parse
+        if choices is not None:
+            kwargs["choices"] = choices
+        if meta.required:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = default
+        parser.add_argument(flag, dest=field.name, **kwargs)

@@ -1,0 +1,143 @@
+"""The run directory: its layout, its record, the resume check and the run's data.
+
+A run directory holds `run.json` (the settings and the versions that made it),
+`manifest.json` (which image is in which split), `tuner/` (keras-tuner's
+project: one folder per trial, each with our `history.json`) and `best/` (the
+export bundle). Running the same search again on the same directory resumes:
+keras-tuner reloads finished trials and does not run them again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from resnet_tuner.run.options import DIGITS, IDENTITY, SearchOptions
+
+RUN_FILE = "run.json"
+MANIFEST_FILE = "manifest.json"
+PROJECT = "tuner"
+#: keras-tuner trial statuses of a trial that will not run again.
+ENDED = ("COMPLETED", "FAILED", "INVALID")
+#: Bumped when the layout of a run directory changes in a way old runs can't resume.
+RUN_FORMAT = 1
+#: Packages whose saved state a resumed run reloads: their minor versions must match.
+VERSIONED = ("keras", "keras_tuner")
+
+
+def versions() -> dict[str, Any]:
+    """The run format and the versions of the packages that write a run's state."""
+    import keras
+    import keras_tuner
+
+    from resnet_tuner import __version__
+
+    return {"run_format": RUN_FORMAT, "resnet_tuner": __version__,
+            "keras": keras.__version__, "keras_tuner": keras_tuner.__version__}
+
+
+def _minor(version: str) -> tuple[str, ...]:
+    return tuple(version.split(".")[:2])
+
+
+def check_resume(run_dir: Path, options: SearchOptions,
+                 current: dict[str, Any] | None = None) -> dict | None:
+    """Reads an existing run's record and refuses to resume a different or incompatible one.
+
+    Args:
+        run_dir: the run directory.
+        options: the settings of the run about to start.
+        current: the versions of this installation (default: `versions()`).
+
+    Returns:
+        The existing record, or None when there is none or `options.overwrite`.
+
+    Raises:
+        ValueError: the run was made with other identity settings (each named
+            with its old and new value), or by versions whose saved state this
+            one cannot read.
+    """
+    record_path = Path(run_dir) / RUN_FILE
+    if options.overwrite or not record_path.is_file():
+        return None
+    record = json.loads(record_path.read_text("utf-8"))
+    saved, now = record.get("versions", {}), current or versions()
+    problems = []
+    if saved.get("run_format") != now["run_format"]:
+        problems.append(f"run format {saved.get('run_format')} -> {now['run_format']}")
+    for package in VERSIONED:
+        if _minor(str(saved.get(package, ""))) != _minor(str(now[package])):
+            problems.append(f"{package} {saved.get(package)} -> {now[package]}")
+    if problems:
+        raise ValueError(
+            f"Cannot resume {run_dir}: it was written by other versions ({'; '.join(problems)}), "
+            "whose saved trials this installation may not load. Use --overwrite to start "
+            "over, or reinstall the versions in its run.json."
+        )
+    # A setting added after the run was made counts as its default there.
+    old = {**SearchOptions.defaults(), **record.get("options", {})}
+    changed = [f"{k}: {old.get(k)!r} -> {v!r}"
+               for k, v in options.to_json().items() if k in IDENTITY and old.get(k) != v]
+    if changed:
+        raise ValueError(
+            f"{run_dir} holds a search with other settings ({'; '.join(changed)}). Resume it "
+            "with the same settings, use --overwrite to start over, or choose another --out."
+        )
+    return record
+
+
+def write_record(run_dir: Path, options: SearchOptions, space, class_names) -> None:
+    """Writes `run.json`: the settings, the versions, the space and the classes."""
+    record = {"options": options.to_json(), "versions": versions(), "space": space.to_dict(),
+              "space_source": space.source, "class_names": list(class_names)}
+    (Path(run_dir) / RUN_FILE).write_text(json.dumps(record, indent=1))
+
+
+def read_record(run_dir: Path) -> dict:
+    """`run.json` of `run_dir`; FileNotFoundError if it is not a run directory."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"Not a resnet-tuner run directory (no {RUN_FILE}): {run_dir}")
+    return json.loads(path.read_text("utf-8"))
+
+
+def load_data(options: SearchOptions, run_dir: Path, verbose: int = 1):
+    """The run's data: the manifest's splits when resuming, a new split otherwise."""
+    from resnet_tuner import ImageFolder, datasets
+
+    size = (options.image_size, options.image_size)
+    manifest = Path(run_dir) / MANIFEST_FILE
+    if options.data_dir == DIGITS:
+        return datasets.digits(image_size=size, split=options.split, seed=options.seed)
+    if manifest.is_file() and not options.overwrite:
+        return ImageFolder.from_manifest(manifest, verbose=verbose)
+    limit = {} if options.max_pixels is None else {"max_pixels": options.max_pixels}
+    data = ImageFolder(options.data_dir, image_size=size, split=options.split, seed=options.seed,
+                       resize=options.resize, verbose=verbose, **limit)
+    data.write_manifest(manifest)
+    return data
+
+
+def search_space(options: SearchOptions):
+    """The run's `SearchSpace`, with the command line's batch size and epochs fixed."""
+    from resnet_tuner import load_space
+
+    space = load_space(options.space)
+    overrides = {}
+    if options.batch_size:
+        overrides["batch_size"] = options.batch_size
+    if options.epochs:
+        overrides["epochs"] = options.epochs
+    return space.override("train", **overrides) if overrides else space
+
+
+def finished_trials(run_dir: Path) -> int:
+    """Trials of the run that have ended, from their `trial.json` files."""
+    done = 0
+    for path in (Path(run_dir) / PROJECT).glob("trial_*/trial.json"):
+        try:
+            done += json.loads(path.read_text("utf-8")).get("status") in ENDED
+        except (OSError, ValueError):
+            pass
+    return done

@@ -1,0 +1,117 @@
+"""One search run: data + space + tuner in a run directory that can be resumed."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from resnet_tuner.run import distribute
+from resnet_tuner.run.options import DIGITS, SearchOptions
+from resnet_tuner.run.processes import Handover
+from resnet_tuner.run.rundir import (
+    MANIFEST_FILE,
+    RUN_FILE,
+    check_resume,
+    load_data,
+    read_record,
+    search_space,
+    write_record,
+)
+from resnet_tuner.run.tuners import make_tuner
+
+
+def open_tuner(options: SearchOptions, run_dir: Path, space, data):
+    """The run's hypermodel and tuner: the one place a run assembles them."""
+    from resnet_tuner import ResNetHyperModel
+
+    hypermodel = ResNetHyperModel(space, input_shape=data.input_shape,
+                                  num_classes=data.num_classes)
+    return make_tuner(options, hypermodel, run_dir)
+
+
+def run_search(options: SearchOptions, verbose: int = 1, *, connect_timeout: float = 60.0,
+               worker_timeout: float = 60.0, stop_after: int | None = None,
+               started: float | None = None, done_at_start: int | None = None):
+    """Runs (or resumes) a search; returns `(tuner, data)`.
+
+    In a distributed search (see `resnet_tuner.run.distribute`) the chief serves
+    trials until all have ended and the workers run them; all share `out`.
+
+    Args:
+        options: the run's settings.
+        verbose: 1 prints the data summary and progress lines.
+        connect_timeout: seconds a worker waits for the chief.
+        worker_timeout: seconds of silence after which the chief counts a
+            worker as lost and queues its trial again.
+        stop_after: run at most this many trials, then return with
+            `tuner.recycled` set if trials are left (see `run_search_in_processes`).
+        started, done_at_start: the whole search's start time and finished
+            trials then, for progress lines across processes.
+
+    Raises:
+        ValueError / FileNotFoundError / SpaceError: bad options, data or space.
+        ChiefUnreachableError: a worker could not reach, or lost, its chief.
+    """
+    options.validate()
+    role = distribute.role()
+    run_dir = Path(options.out)
+    space = search_space(options)  # fail on a bad space before touching the run dir
+    if role == "worker":
+        if options.overwrite:
+            raise ValueError("--overwrite is for the chief: a worker joins the chief's run.")
+        distribute.wait_for_chief(connect_timeout)  # the chief writes run.json first
+        if not (run_dir / RUN_FILE).is_file():
+            raise FileNotFoundError(
+                f"The chief at {distribute.address()} is up but {run_dir} holds no {RUN_FILE}: "
+                "give every worker the chief's run directory (a shared folder) as --out."
+            )
+        check_resume(run_dir, options)
+        data = load_data(options, run_dir, verbose=verbose)
+    else:
+        check_resume(run_dir, options)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        data = load_data(options, run_dir, verbose=verbose)
+        if options.data_dir == DIGITS and (
+            options.overwrite or not (run_dir / MANIFEST_FILE).exists()
+        ):
+            data.write_manifest(run_dir / MANIFEST_FILE)
+        write_record(run_dir, options, space, data.class_names)
+    tuner = open_tuner(options, run_dir, space, data)
+    tuner.worker_timeout = worker_timeout
+    tuner.stop_after, tuner.search_started_at = stop_after, started
+    tuner.done_at_start = done_at_start
+    fit_kwargs: dict[str, Any] = {"verbose": 0}
+    if options.tuner != "hyperband":  # Hyperband sets each trial's epochs itself
+        fit_kwargs["epochs"] = tuner.trial_epochs
+    import grpc
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
+        try:
+            tuner.search(data, **fit_kwargs)
+        except Handover:  # this process ran its share (`stop_after`)
+            pass
+        except grpc.RpcError as err:
+            if role != "worker":
+                raise
+            detail = err.details() if hasattr(err, "details") else str(err)
+            raise distribute.ChiefUnreachableError(
+                f"Worker {tuner.tuner_id} lost the chief at {distribute.address()}: {detail}. "
+                "Its trial goes to another worker once the chief notices."
+            ) from None
+    return tuner, data
+
+
+def load_run(run_dir: str | Path):
+    """Reloads a finished (or interrupted) run: `(tuner, data, options)`.
+
+    Raises:
+        FileNotFoundError: `run_dir` is not a run directory.
+    """
+    run_dir = Path(run_dir)
+    record = read_record(run_dir)
+    options = SearchOptions.from_dict({**record["options"], "overwrite": False})
+    space = search_space(options)
+    data = load_data(options, run_dir, verbose=0)
+    return open_tuner(options, run_dir, space, data), data, options

@@ -1,0 +1,248 @@
+"""Our keras-tuner tuners: declared subclasses that start from the space's `[[initial]]`.
+
+`RandomSearch`, `Hyperband`, `BayesianOptimization` and `GridSearch` are
+keras-tuner's tuners with keras-tuner's constructor arguments, plus:
+
+* the hypermodel's `space.initial` configurations are tried first (AutoKeras
+  starts its searches the same way, from configurations known to train well).
+  Random search tries them as its first trials, Hyperband as its first
+  candidates, Bayesian optimization as its first initial points. GridSearch
+  walks its whole grid from the defaults as keras-tuner's does: it visits the
+  initial configurations wherever they lie on the grid, and starting the walk
+  elsewhere would skip the grid points before them;
+* each trial leaves `history.json` (per-epoch metrics, model size, wall time)
+  in its trial folder, and a progress line is printed when it ends;
+* they run as a distributed chief or worker (`resnet_tuner.run.distribute`).
+
+Example:
+    >>> from resnet_tuner import Hyperband, ResNetHyperModel
+    >>> hm = ResNetHyperModel("quick", input_shape=(32, 32, 3), num_classes=10)
+    >>> tuner = Hyperband(hm, objective="val_accuracy", max_epochs=10, seed=1)
+
+`make_tuner` builds one from `SearchOptions`; it is the only place the CLI's
+runs assemble a tuner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import keras_tuner as kt
+
+from resnet_tuner.run import distribute, ktcompat, progress
+from resnet_tuner.run.options import SearchOptions
+from resnet_tuner.run.processes import Handover
+from resnet_tuner.run.rundir import ENDED, PROJECT
+
+
+def _initial(hypermodel) -> list[dict]:
+    return list(getattr(getattr(hypermodel, "space", None), "initial", None) or [])
+
+
+class RecordingTuner:
+    """Mixin for keras-tuner tuners: per-trial history files and a progress line.
+
+    Keeps per-epoch metrics (keras-tuner keeps only the best), the model size
+    and the trial's wall time in `<trial dir>/history.json` for reports.
+    """
+
+    #: Trials the progress lines count to (None: no total, no time estimate).
+    progress_total: int | None = None
+    progress_stream = None  # None: sys.stdout at print time
+    #: Seconds of silence after which a distributed chief counts a worker as lost.
+    worker_timeout: float = 60.0
+    #: Trials this process runs before it hands over to a fresh one (None: all).
+    stop_after: int | None = None
+    #: Set when this process stopped after `stop_after` trials with trials left.
+    recycled: bool = False
+    #: When the whole search started and how many trials had ended then, for
+    #: progress lines that span several processes (None: this process's own).
+    search_started_at: float | None = None
+    done_at_start: int | None = None
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.progress_stream or sys.stdout, flush=True)
+
+    def run_trial(self, trial, *args, **kwargs):
+        started = time.time()
+        if ktcompat.is_worker(self):
+            self._print(f"worker {self.tuner_id}: running trial {trial.trial_id}")
+            with distribute.Heartbeat(self.oracle, trial.trial_id):
+                histories = super().run_trial(trial, *args, **kwargs)
+        else:
+            histories = super().run_trial(trial, *args, **kwargs)
+        history = histories[-1] if isinstance(histories, list) and histories else None
+        model = getattr(history, "model", None)
+        record = {
+            "trial_id": trial.trial_id,
+            "tuner_id": self.tuner_id,
+            "started": started,
+            "ended": time.time(),
+            "history": getattr(history, "history", {}),
+            "params": model.count_params() if model is not None else None,
+        }
+        path = Path(self.get_trial_dir(trial.trial_id)) / "history.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, default=float))
+        return histories
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)
+        self._print_progress(trial)
+        self._ran_here = getattr(self, "_ran_here", 0) + 1
+        if self.stop_after and self._ran_here >= self.stop_after:
+            remaining = self.oracle.remaining_trials()
+            if remaining is None or remaining > 0:
+                self.recycled = True
+                raise Handover()
+
+    def _print_progress(self, trial):
+        if ktcompat.is_worker(self):  # the chief prints the search's progress
+            self._print(progress.worker_line(self.tuner_id, trial, self.oracle.objective.name))
+            return
+        self._print(progress.search_line(
+            self.oracle, trial, started=getattr(self, "_search_started", time.time()),
+            done_before=getattr(self, "_done_before", 0), total=self.progress_total))
+
+    def search(self, *args, **kwargs):
+        self._search_started = self.search_started_at or time.time()
+        self._done_before = self.done_at_start if self.done_at_start is not None else sum(
+            t.status in ENDED for t in getattr(self.oracle, "trials", {}).values()
+        )
+        if distribute.role() == "chief":  # serve trials to the workers until all are done
+            self.save()
+            distribute.serve(self.oracle, self.worker_timeout, on_trial_end=self._print_progress,
+                             log=self._print)
+            return None
+        return super().search(*args, **kwargs)
+
+
+class RandomSearchOracle(ktcompat.InitialFirst, kt.oracles.RandomSearchOracle):
+    """keras-tuner's random search oracle; `initial` configurations first."""
+
+
+class BayesianOptimizationOracle(ktcompat.InitialFirst, kt.oracles.BayesianOptimizationOracle):
+    """keras-tuner's Bayesian oracle; `initial` configurations are its first initial points."""
+
+
+class HyperbandOracle(ktcompat.InitialFirst, kt.oracles.HyperbandOracle):
+    """keras-tuner's Hyperband oracle; `initial` configurations are its first candidates.
+
+    Args:
+        max_trials: stop creating trials after this many (None: when the
+            brackets are done), as the other oracles do.
+    """
+
+    def __init__(self, *args, max_trials: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_trials = max_trials
+
+
+class RandomSearch(RecordingTuner, kt.RandomSearch):
+    """`keras_tuner.RandomSearch` that tries the hypermodel's `space.initial` first."""
+
+    def __init__(self, hypermodel=None, objective=None, max_trials=10, seed=None,
+                 hyperparameters=None, tune_new_entries=True, allow_new_entries=True,
+                 max_retries_per_trial=0, max_consecutive_failed_trials=3, **kwargs):
+        self.seed = seed
+        oracle = RandomSearchOracle(
+            objective=objective, max_trials=max_trials, seed=seed,
+            hyperparameters=hyperparameters, tune_new_entries=tune_new_entries,
+            allow_new_entries=allow_new_entries, max_retries_per_trial=max_retries_per_trial,
+            max_consecutive_failed_trials=max_consecutive_failed_trials,
+            initial=_initial(hypermodel))
+        ktcompat.init_tuner_with_oracle(self, kt.RandomSearch, oracle, hypermodel, **kwargs)
+
+
+class BayesianOptimization(RecordingTuner, kt.BayesianOptimization):
+    """`keras_tuner.BayesianOptimization` whose first initial points are `space.initial`."""
+
+    def __init__(self, hypermodel=None, objective=None, max_trials=10, num_initial_points=None,
+                 alpha=1e-4, beta=2.6, seed=None, hyperparameters=None, tune_new_entries=True,
+                 allow_new_entries=True, max_retries_per_trial=0,
+                 max_consecutive_failed_trials=3, **kwargs):
+        oracle = BayesianOptimizationOracle(
+            objective=objective, max_trials=max_trials, num_initial_points=num_initial_points,
+            alpha=alpha, beta=beta, seed=seed, hyperparameters=hyperparameters,
+            tune_new_entries=tune_new_entries, allow_new_entries=allow_new_entries,
+            max_retries_per_trial=max_retries_per_trial,
+            max_consecutive_failed_trials=max_consecutive_failed_trials,
+            initial=_initial(hypermodel))
+        ktcompat.init_tuner_with_oracle(self, kt.BayesianOptimization, oracle, hypermodel,
+                                        **kwargs)
+
+
+class Hyperband(RecordingTuner, kt.Hyperband):
+    """`keras_tuner.Hyperband` whose first candidates are `space.initial`.
+
+    Takes keras-tuner's arguments plus `max_trials`: a cap on the trials on
+    top of the brackets (None: run the brackets out).
+    """
+
+    def __init__(self, hypermodel=None, objective=None, max_epochs=100, factor=3,
+                 hyperband_iterations=1, seed=None, hyperparameters=None,
+                 tune_new_entries=True, allow_new_entries=True, max_retries_per_trial=0,
+                 max_consecutive_failed_trials=3, max_trials=None, **kwargs):
+        oracle = HyperbandOracle(
+            objective, max_epochs=max_epochs, factor=factor,
+            hyperband_iterations=hyperband_iterations, seed=seed,
+            hyperparameters=hyperparameters, tune_new_entries=tune_new_entries,
+            allow_new_entries=allow_new_entries, max_retries_per_trial=max_retries_per_trial,
+            max_consecutive_failed_trials=max_consecutive_failed_trials,
+            max_trials=max_trials, initial=_initial(hypermodel))
+        ktcompat.init_tuner_with_oracle(self, kt.Hyperband, oracle, hypermodel, **kwargs)
+
+
+class GridSearch(RecordingTuner, kt.GridSearch):
+    """`keras_tuner.GridSearch` with history files and progress lines.
+
+    It walks the whole grid from the defaults, so it reaches the space's
+    `initial` configurations where they lie on the grid (see the module
+    docstring).
+    """
+
+
+#: `SearchOptions.tuner` -> tuner class.
+TUNER_CLASSES: dict[str, type] = {
+    "hyperband": Hyperband,
+    "random": RandomSearch,
+    "bayesian": BayesianOptimization,
+    "grid": GridSearch,
+}
+
+
+def make_tuner(options: SearchOptions | str, hypermodel, directory: str | os.PathLike,
+               *, project_name: str = PROJECT, **fields) -> kt.Tuner:
+    """The tuner of a run: `options.tuner`'s class with the options that feed it.
+
+    Args:
+        options: the run's `SearchOptions`, or a tuner name (`"hyperband"`,
+            `"random"`, `"bayesian"`, `"grid"`) whose other options are `fields`.
+        hypermodel: usually a `ResNetHyperModel`.
+        directory: where keras-tuner keeps its project.
+        project_name: the project folder in `directory`.
+        **fields: `SearchOptions` fields to replace (e.g. `max_trials=5, epochs=3`).
+            `epochs` None takes the space's (default 10).
+
+    Raises:
+        ValueError: an unknown tuner or an option out of its bounds.
+    """
+    import dataclasses
+
+    if isinstance(options, str):
+        options = SearchOptions(data_dir="", out=str(directory), tuner=options, **fields)
+    elif fields:
+        options = dataclasses.replace(options, **fields)
+    options.validate(paths=False)
+    space = getattr(hypermodel, "space", None)
+    epochs = options.epochs or (space.fixed_value("train", "epochs", 10) if space else 10)
+    tuner = TUNER_CLASSES[options.tuner](
+        hypermodel, objective="val_accuracy", directory=str(directory),
+        project_name=project_name, **options.tuner_arguments(epochs=epochs))
+    tuner.progress_total = options.max_trials
+    tuner.trial_epochs = epochs  # what each trial trains for (Hyperband: at most)
+    return tuner
