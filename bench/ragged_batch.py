@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _model(block: str):
-    from resnet_tuner.builder import build_resnet
     from resnet_tuner.config import ResNetConfig, TrainConfig
+    from resnet_tuner.model import build_resnet
     from resnet_tuner.training import compile_model
 
     cfg = ResNetConfig(block=block, stem="cifar", stage_depths=(3, 4, 6, 3),

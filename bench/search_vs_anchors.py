@@ -50,7 +50,7 @@ from resnet_tuner import (  # noqa: E402
     build_resnet,
     export_best,
 )
-from resnet_tuner.search import make_tuner  # noqa: E402
+from resnet_tuner.run.tuners import make_tuner  # noqa: E402
 from resnet_tuner.training import compile_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

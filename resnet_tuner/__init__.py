@@ -1,10 +1,13 @@
 """resnet_tuner: search ResNets for your own image folders with Keras Tuner.
 
 Example:
-    >>> import keras_tuner as kt
-    >>> from resnet_tuner import ResNetHyperModel
+    >>> from resnet_tuner import Hyperband, ResNetHyperModel
     >>> hm = ResNetHyperModel("quick", input_shape=(32, 32, 3), num_classes=10)
-    >>> tuner = kt.Hyperband(hm, objective="val_accuracy", max_epochs=10)
+    >>> tuner = Hyperband(hm, objective="val_accuracy", max_epochs=10, seed=1)
+
+`Hyperband`, `RandomSearch`, `BayesianOptimization` and `GridSearch` are
+keras-tuner's tuners (same arguments) that try the space's `[[initial]]`
+configurations first; keras-tuner's own work with `ResNetHyperModel` too.
 
 Names are imported on first use, so `resnet-tuner --help` answers without
 loading TensorFlow, and the CLI can set TensorFlow's log level before it loads.
@@ -20,8 +23,8 @@ _EXPORTS = {
     "load_image": "resnet_tuner.data",
     "ResNetConfig": "resnet_tuner.config",
     "TrainConfig": "resnet_tuner.config",
-    "build_resnet": "resnet_tuner.builder",
-    "freeze_stages": "resnet_tuner.builder",
+    "build_resnet": "resnet_tuner.model",
+    "freeze_stages": "resnet_tuner.model",
     "ResNetHyperModel": "resnet_tuner.hypermodel",
     "SearchSpace": "resnet_tuner.space",
     "SpaceError": "resnet_tuner.space",
@@ -30,6 +33,14 @@ _EXPORTS = {
     "export_best": "resnet_tuner.export",
     "export_model": "resnet_tuner.export",
     "load_bundle": "resnet_tuner.export",
+    "SearchOptions": "resnet_tuner.run.options",
+    "RandomSearch": "resnet_tuner.run.tuners",
+    "Hyperband": "resnet_tuner.run.tuners",
+    "BayesianOptimization": "resnet_tuner.run.tuners",
+    "GridSearch": "resnet_tuner.run.tuners",
+    "make_tuner": "resnet_tuner.run.tuners",
+    "run_search": "resnet_tuner.run.search",
+    "load_run": "resnet_tuner.run.search",
 }
 _SUBMODULES = ("datasets",)
 
