@@ -322,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     from resnet_tuner.model.backbones import WeightsUnavailableError
     from resnet_tuner.run.distribute import ChiefUnreachableError
     from resnet_tuner.run.processes import SearchProcessError
+    from resnet_tuner.run.rundir import RunInUseError
     from resnet_tuner.space import SpaceError
 
     try:
@@ -333,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     except (CLIError, SpaceError, ValueError, FileNotFoundError, NotADirectoryError,
-            WeightsUnavailableError, ChiefUnreachableError) as err:
+            WeightsUnavailableError, ChiefUnreachableError, RunInUseError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"resnet-tuner: error: {_cli_wording(message)}", file=sys.stderr)
         return 2

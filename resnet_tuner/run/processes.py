@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from resnet_tuner.run.options import SearchOptions
-from resnet_tuner.run.rundir import check_resume, finished_trials, search_space
+from resnet_tuner.run.rundir import check_resume, finished_trials, search_lock, search_space
 
 #: Exit code of a search process that stopped after its share of trials.
 HANDOVER_EXIT = 75
@@ -68,12 +68,17 @@ def run_search_in_processes(options: SearchOptions, trials_per_process: int = 1)
             (checked here, before any process starts).
         SearchProcessError: a process failed; it printed its error.
     """
-    import subprocess
-
     options.validate()
     search_space(options)
     run_dir = Path(options.out)
     check_resume(run_dir, options)
+    with search_lock(run_dir):  # the trial processes run under this one's lock
+        _run_processes(options, trials_per_process, run_dir)
+
+
+def _run_processes(options: SearchOptions, trials_per_process: int, run_dir: Path) -> None:
+    import subprocess
+
     started = time.time()
     done = 0 if options.overwrite else finished_trials(run_dir)
     first = True

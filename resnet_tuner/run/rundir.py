@@ -9,13 +9,21 @@ keras-tuner reloads finished trials and does not run them again.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from resnet_tuner.run.options import DIGITS, IDENTITY, SearchOptions
 
 RUN_FILE = "run.json"
+LOCK_FILE = ".search.lock"
+#: Set by a search for the trial processes it starts: they run under its lock.
+LOCK_HELD_ENV = "RESNET_TUNER_LOCK_HELD"
 MANIFEST_FILE = "manifest.json"
 PROJECT = "tuner"
 #: keras-tuner trial statuses of a trial that will not run again.
@@ -141,3 +149,68 @@ def finished_trials(run_dir: Path) -> int:
         except (OSError, ValueError):
             pass
     return done
+
+
+class RunInUseError(RuntimeError):
+    """Another search holds the run directory."""
+
+
+@contextlib.contextmanager
+def search_lock(run_dir: Path):
+    """Holds `run_dir` for one search; a second search on it is refused at once.
+
+    An advisory `flock` on `run_dir/.search.lock`: the operating system drops
+    it when the holding process ends, however it ends (kill -9 included), so
+    a dead search never leaves the directory locked. The file names the
+    holder (pid, host, start, command) for the refusal message. Trial
+    processes started by the holder (`LOCK_HELD_ENV`) and distributed
+    workers, which join the chief's run on purpose, do not take it. Where
+    `fcntl` is missing (Windows) no lock is taken. Over NFS, `flock` may only
+    lock within one machine.
+
+    Raises:
+        RunInUseError: another live search holds `run_dir`.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (Windows)
+        yield
+        return
+    if os.environ.get(LOCK_HELD_ENV) == str(Path(run_dir).resolve()):
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+            try:
+                who = json.loads(holder)
+                text = (f"pid {who['pid']} on {who['host']}, started "
+                        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(who['started']))}: "
+                        f"{who['command']}")
+            except (ValueError, KeyError, TypeError):
+                text = "a process that left no details"
+            raise RunInUseError(
+                f"{run_dir} is in use by another search ({text}). Wait for it to finish or "
+                "stop it (a stopped or killed search frees the directory at once), or choose "
+                "another --out. Workers of a distributed search join with --worker."
+            ) from None
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                  "command": " ".join(sys.argv[:8])}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        previous = os.environ.get(LOCK_HELD_ENV)
+        os.environ[LOCK_HELD_ENV] = str(Path(run_dir).resolve())
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop(LOCK_HELD_ENV, None)
+            else:
+                os.environ[LOCK_HELD_ENV] = previous
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -15,6 +15,7 @@ from resnet_tuner.run.rundir import (
     check_resume,
     load_data,
     read_record,
+    search_lock,
     search_space,
     write_record,
 )
@@ -30,9 +31,26 @@ def open_tuner(options: SearchOptions, run_dir: Path, space, data):
     return make_tuner(options, hypermodel, run_dir)
 
 
-def run_search(options: SearchOptions, verbose: int = 1, *, connect_timeout: float = 60.0,
-               worker_timeout: float = 60.0, stop_after: int | None = None,
-               started: float | None = None, done_at_start: int | None = None):
+def run_search(options: SearchOptions, verbose: int = 1, **kwargs):
+    """Runs (or resumes) a search; returns `(tuner, data)`.
+
+    The run directory is held for the search (`rundir.search_lock`): a
+    second search on it is refused at once, naming the first. Workers of a
+    distributed search join the chief's directory without the lock.
+    Arguments and errors as `_run_search`, plus `RunInUseError`.
+    """
+    options.validate()
+    if distribute.role() == "worker":
+        return _run_search(options, verbose, **kwargs)
+    search_space(options)  # bad settings fail before the directory is touched
+    check_resume(Path(options.out), options)
+    with search_lock(Path(options.out)):
+        return _run_search(options, verbose, **kwargs)
+
+
+def _run_search(options: SearchOptions, verbose: int = 1, *, connect_timeout: float = 60.0,
+                worker_timeout: float = 60.0, stop_after: int | None = None,
+                started: float | None = None, done_at_start: int | None = None):
     """Runs (or resumes) a search; returns `(tuner, data)`.
 
     In a distributed search (see `resnet_tuner.run.distribute`) the chief serves
