@@ -63,7 +63,7 @@ def main() -> None:
     folder = args.folder or two_class_photos(work / "photos")
     data = ImageFolder(folder, image_size=args.size, split=(0.8, 0.1, 0.1), seed=0,
                        cache_dir=work / "cache", batch_size=50)
-    print(data, "\nper split:", data.counts())
+    print(data, "\nper split:", data.counts)
 
     mini = ResNetConfig.preset("mini_resnet", flip="both", gamma=(0.4, 0.7))
     accuracy, params = train(mini, data, args.epochs, lr=1e-3)

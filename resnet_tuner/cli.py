@@ -1,22 +1,20 @@
 """`resnet-tuner`: search, export, predict, report and demo from the command line.
 
 Bad arguments and bad input exit with code 2 and a one-line message, never a
-traceback.
+traceback. The commands print their own lines and the libraries' only with
+`--verbose` (`resnet_tuner.console`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
 from pathlib import Path
 
-# Before TensorFlow loads (resnet_tuner imports it lazily): no C++ log noise such
-# as "could not find cuda drivers" on CPU machines. Set the variable to see it.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from resnet_tuner import console
 
 
 class CLIError(Exception):
@@ -54,6 +52,15 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _common() -> argparse.ArgumentParser:
+    """The arguments of every command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the libraries' own output: TensorFlow's log, "
+                             "keras-tuner's lines, every warning")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     from resnet_tuner.run import options
 
@@ -63,9 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "and export it as a bundle you can load and serve.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = [_common()]
 
     search = commands.add_parser(
-        "search", help="search ResNets on an image folder, then export the best",
+        "search", parents=common,
+        help="search ResNets on an image folder, then export the best",
         description="Search ResNet architectures, augmentation and training settings on "
                     "DATA_DIR (one subfolder per class, or train/ val/ test/), then export "
                     "the best model to OUT/best. Run the same command again to resume.",
@@ -93,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "and gives its trial to another (default: 60)")
 
     export = commands.add_parser(
-        "export", help="export the best model of a run again",
+        "export", parents=common, help="export the best model of a run again",
         description="Write the export bundle of RUN_DIR's best trial to DIR.",
     )
     export.add_argument("run_dir", metavar="RUN_DIR")
@@ -102,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="retrain the best configuration on train+val first")
 
     predict = commands.add_parser(
-        "predict", help="classify images with an exported bundle",
+        "predict", parents=common, help="classify images with an exported bundle",
         description="Print the class and probability of each image (files or folders), "
                     "preprocessed the way the bundle's model was trained.",
     )
@@ -112,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top", type=_positive_int, default=1, help="classes per image")
 
     report = commands.add_parser(
-        "report", help="write an HTML report of a run",
+        "report", parents=common, help="write an HTML report of a run",
         description="Write RUN_DIR/report/index.html with plots of the search and the best "
                     "model, and the table of trials.",
     )
@@ -120,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--to", default=None, help="report folder (default: RUN_DIR/report)")
 
     demo = commands.add_parser(
-        "demo", help="a real search on the bundled digits dataset (a few minutes on a CPU)",
+        "demo", parents=common,
+        help="a real search on the bundled digits dataset (a few minutes on a CPU)",
         description="Search the quick space on scikit-learn's bundled handwritten digits "
                     "(1,797 images, 10 classes), export the best model and print its test "
                     "accuracy.",
@@ -142,20 +152,27 @@ def _trials_parser() -> argparse.ArgumentParser:
     trials.add_argument("--stop-after", type=int, required=True)
     trials.add_argument("--started", type=float, required=True)
     trials.add_argument("--done-at-start", type=int, required=True)
+    trials.add_argument("--verbose", action="store_true")
     trials.set_defaults(command=TRIALS_COMMAND)
     return trials
 
 
-def _search_and_export(options, trials_per_process: int = 0, **search_kwargs) -> tuple:
+def _verbosity(args) -> int:
+    """`run_search`'s verbose: 2 with `--verbose` (the libraries talk too), else 1."""
+    return 2 if getattr(args, "verbose", False) else 1
+
+
+def _search_and_export(options, trials_per_process: int = 0, verbose: int = 1,
+                       **search_kwargs) -> tuple:
     from resnet_tuner.run.processes import run_search_in_processes
     from resnet_tuner.run.search import load_run, run_search
 
     started = time.time()
     if trials_per_process:
-        run_search_in_processes(options, trials_per_process)
-        tuner, data, _ = load_run(options.out)
+        run_search_in_processes(options, trials_per_process, verbose)
+        tuner, data, _ = load_run(options.out, verbose)
     else:
-        tuner, data = run_search(options, **search_kwargs)
+        tuner, data = run_search(options, verbose, **search_kwargs)
     bundle, metrics = _export(tuner, Path(options.out) / "best", data)
     return bundle, metrics, time.time() - started
 
@@ -166,14 +183,15 @@ def _export(tuner, to, data, refit: bool = False) -> tuple[Path, dict]:
 
     from resnet_tuner.export import ExportWarning, export_best
 
-    with warnings.catch_warnings():
+    # TFLite's converter and interpreter write their notices to stderr from C++.
+    with warnings.catch_warnings(), console.native_logs_dropped():
         warnings.simplefilter("ignore", ExportWarning)  # printed below, as one line
         bundle = export_best(tuner, to, data=data, refit=refit)
     metrics = json.loads((bundle / "metrics.json").read_text())
     if not metrics["tflite"]["converted"]:
-        print(f"resnet-tuner: warning: TFLite conversion failed, so {bundle} has no "
-              f"model.tflite (model.keras and saved_model/ are fine): "
-              f"{metrics['tflite']['error']}", file=sys.stderr)
+        print(console.warning_line(
+            f"TFLite conversion failed, so {bundle} has no model.tflite (model.keras and "
+            f"saved_model/ are fine): {metrics['tflite']['error']}"), file=sys.stderr)
     return bundle, metrics
 
 
@@ -187,11 +205,12 @@ def cmd_search(args) -> int:
     if distribute.role() == "worker":
         from resnet_tuner.run.search import run_search
 
-        tuner, _ = run_search(options, **timeouts)
+        tuner, _ = run_search(options, _verbosity(args), **timeouts)
         print(f"worker {tuner.tuner_id}: the search is over; the chief exports the best model")
         return 0
     per_process = args.trials_per_process if distribute.role() is None else 0
-    bundle, metrics, seconds = _search_and_export(options, per_process, **timeouts)
+    bundle, metrics, seconds = _search_and_export(options, per_process, _verbosity(args),
+                                                  **timeouts)
     print(f"best model exported to {bundle}: test accuracy {100 * metrics['accuracy']:.2f} % "
           f"({seconds:.0f} s)")
     return 0
@@ -206,7 +225,8 @@ def cmd_demo(args) -> int:
     )
     print(f"demo: {options.max_trials} trials of the quick space on scikit-learn's digits "
           f"(32x32), {options.epochs} epochs each; run directory {options.out}")
-    bundle, metrics, seconds = _search_and_export(options, trials_per_process=1)
+    bundle, metrics, seconds = _search_and_export(options, trials_per_process=1,
+                                                  verbose=_verbosity(args))
     print(f"demo done in {seconds / 60:.1f} min: test accuracy {100 * metrics['accuracy']:.2f} % "
           f"on {metrics['images']} held-out images; bundle in {bundle}")
     return 0
@@ -215,7 +235,7 @@ def cmd_demo(args) -> int:
 def cmd_export(args) -> int:
     from resnet_tuner.run.search import load_run
 
-    tuner, data, _ = load_run(args.run_dir)
+    tuner, data, _ = load_run(args.run_dir, _verbosity(args))
     bundle, metrics = _export(tuner, args.to, data, refit=args.refit)
     print(f"exported to {bundle}: test accuracy {100 * metrics['accuracy']:.2f} %")
     return 0
@@ -293,8 +313,9 @@ def cmd_trials(args) -> int:
 
     try:
         options = SearchOptions.from_dict(json.loads(args.options))
-        tuner, _ = run_search(options, stop_after=args.stop_after, started=args.started,
-                              done_at_start=args.done_at_start)
+        tuner, _ = run_search(options, _verbosity(args), stop_after=args.stop_after,
+                              started=args.started, done_at_start=args.done_at_start,
+                              summary=False)
     except KeyboardInterrupt:
         return 130  # the parent says so
     return HANDOVER_EXIT if tuner.recycled else 0
@@ -319,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
         args = _trials_parser().parse_args(argv[1:])
     else:
         args = build_parser().parse_args(argv)
+    with console.command_output(verbose=args.verbose):
+        return _run(args)
+
+
+def _run(args) -> int:
+    console.load_tensorflow()  # its start-up lines dropped (see resnet_tuner.console)
     from resnet_tuner.model.backbones import WeightsUnavailableError
     from resnet_tuner.run.distribute import ChiefUnreachableError
     from resnet_tuner.run.processes import SearchProcessError

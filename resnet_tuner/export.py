@@ -9,7 +9,9 @@
       hyperparameters.json the trial's hyperparameters and TrainConfig
       manifest.json        which image was in which split
       metrics.json         held-out test metrics (scikit-learn)
-      MODEL_CARD.md        what it is, how it was made, how to load it
+      skipped.json         every file of the image folder that was not used, and why
+      MODEL_CARD.md        what it is, how it was made, how to load it and
+                           preprocess images (text in `resnet_tuner.card`)
 
 A bundle is written beside its destination and swapped in at the end, so an
 interrupted export never leaves half a bundle over an earlier one.
@@ -17,6 +19,10 @@ interrupted export never leaves half a bundle over an earlier one.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import inspect
+import io
 import json
 import os
 import shutil
@@ -28,6 +34,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from resnet_tuner import card
 from resnet_tuner.config import ResNetConfig, TrainConfig
 
 
@@ -42,23 +49,36 @@ def _best_model(tuner):
         return tuner.get_best_models(1)[0]
 
 
-def export_best(tuner, directory: str | os.PathLike, data, *, refit: bool = False,
-                verbose: int = 0) -> Path:
+def export_best(tuner, directory: str | os.PathLike, data=None, *, test=None,
+                class_names=None, refit: bool = False, verbose: int = 0) -> Path:
     """Exports the best model of a finished search as a bundle.
 
     Args:
         tuner: a keras-tuner tuner whose hypermodel is a `ResNetHyperModel`.
         directory: the bundle directory (replaced whole if it exists).
         data: the search's `ImageFolder` / `datasets.digits()`; its test split
-            gives the bundle's metrics and its manifest is copied.
-        refit: retrain the best configuration on train + val for the best
-            trial's number of epochs, instead of exporting the trial's weights.
+            gives the bundle's metrics, its manifest is copied and its
+            skipped files are listed.
+        test: instead of `data`, for a search on numpy arrays: held-out
+            `(x_test, y_test)`, uint8 images of the model's input shape and
+            integer labels.
+        class_names: with `test`, the class names (index = label); default
+            `"0"`, `"1"`, ...
+        refit: retrain the best configuration on train + val for the epochs
+            the best trial trained, instead of exporting the trial's weights
+            (needs `data`).
 
     Returns:
         The bundle directory.
 
     Raises:
-        ValueError: the search has no completed trial.
+        ValueError: the search has no completed trial, neither or both of
+            `data` and `test` are given, `test` does not fit the model, or
+            `refit` without `data`.
+
+    Example:
+        >>> tuner.search(x_train, y_train, validation_data=(x_val, y_val))
+        >>> export_best(tuner, "best", test=(x_test, y_test), class_names=["cat", "dog"])
     """
     best_trials = tuner.oracle.get_best_trials(1)
     if not best_trials or best_trials[0].score is None:
@@ -67,26 +87,123 @@ def export_best(tuner, directory: str | os.PathLike, data, *, refit: bool = Fals
         )
     trial = best_trials[0]
     hypermodel = tuner.hypermodel
+    if refit and data is None:
+        raise ValueError("refit=True retrains on the search's train and val splits, so it needs "
+                         "data= (an ImageFolder); with test= arrays export the trial's weights.")
+    data = _data_of(data, test, class_names, getattr(hypermodel, "input_shape", None),
+                    getattr(hypermodel, "num_classes", None))
     model_cfg, train_cfg = hypermodel.configs(trial.hyperparameters)
+    epochs, source = trained_epochs(tuner, trial, train_cfg.epochs)
+    train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
     if refit:
-        model = refit_model(model_cfg, train_cfg, data, epochs=_best_epochs(trial, train_cfg),
-                            verbose=verbose)
+        model = refit_model(model_cfg, train_cfg, data, epochs=epochs, verbose=verbose)
     else:
         model = _best_model(tuner)
-    info = {"trial_id": trial.trial_id, "score": trial.score,
-            "objective": tuner.oracle.objective.name, "refit": refit}
-    return export_model(model, directory, data=data, model_config=model_cfg,
-                        train_config=train_cfg,
-                        hyperparameters=dict(trial.hyperparameters.values),
-                        space=getattr(hypermodel, "space", None), trial=info)
-
-
-def _best_epochs(trial, train_cfg: TrainConfig) -> int:
     values = trial.hyperparameters.values
+    info = {"trial_id": trial.trial_id, "score": trial.score,
+            "objective": tuner.oracle.objective.name, "refit": refit,
+            "epochs": epochs, "epochs_source": source}
+    if not refit and values.get("tuner/initial_epoch"):
+        info["initial_epoch"] = int(values["tuner/initial_epoch"])
+        info["continued_from"] = values.get("tuner/trial_id")
+    return export_model(model, directory, data=data, model_config=model_cfg,
+                        train_config=train_cfg, hyperparameters=dict(values),
+                        space=getattr(hypermodel, "space", None), trial=info,
+                        skipped=list(data.skipped) or _run_skipped(tuner))
+
+
+def trained_epochs(tuner, trial, default: int) -> tuple[int, str]:
+    """How many epochs `trial`'s weights were trained for, and where that was read.
+
+    Our tuners' `history.json` has one entry per epoch that ran (early
+    stopping included); a Hyperband trial that continued another trial's
+    weights ran from `tuner/initial_epoch`. keras-tuner's own Hyperband
+    records `tuner/epochs` in the trial's hyperparameters. Other keras-tuner
+    tuners record no count, and `default` (the space's `epochs`) is returned.
+
+    Returns:
+        `(epochs, source)`, source one of `card.EPOCH_SOURCES`.
+    """
+    values = trial.hyperparameters.values
+    history = _trial_history(tuner, trial)
+    if history:
+        return int(values.get("tuner/initial_epoch") or 0) + len(history), "history"
     if "tuner/epochs" in values:
-        return int(values["tuner/epochs"])
-    best_step = getattr(trial, "best_step", None)
-    return int(best_step) + 1 if best_step is not None else train_cfg.epochs
+        return int(values["tuner/epochs"]), "tuner/epochs"
+    return int(default), "space"
+
+
+def _trial_history(tuner, trial) -> list | None:
+    """The per-epoch losses `RecordingTuner` wrote for `trial`, or None."""
+    try:
+        path = Path(tuner.get_trial_dir(trial.trial_id)) / "history.json"
+        history = json.loads(path.read_text("utf-8")).get("history") or {}
+    except (AttributeError, OSError, ValueError):
+        return None
+    return next(iter(history.values()), None) if history else None
+
+
+def _run_skipped(tuner) -> list[tuple[str, str]]:
+    """The skipped files a resnet-tuner run directory recorded (`<run>/skipped.json`).
+
+    A run's later processes load its data from the manifest, which lists the
+    used files only; the run directory keeps the list of skipped ones.
+    """
+    from resnet_tuner.run.rundir import PROJECT, RUN_FILE
+
+    project = getattr(tuner, "project_dir", None)
+    if not project or Path(project).name != PROJECT:
+        return []
+    run_dir = Path(project).parent
+    path = run_dir / card.SKIPPED_FILE
+    if not (run_dir / RUN_FILE).is_file() or not path.is_file():
+        return []
+    return card.read_skipped(path)
+
+
+def _data_of(data, test, class_names, input_shape, num_classes):
+    """`data`, or an `ImageData` holding only the test split of `test=(x, y)` arrays."""
+    if (data is None) == (test is None):
+        raise ValueError(
+            "Give the held-out test images either as data= (the search's ImageFolder) or as "
+            "test=(x_test, y_test) arrays, not both and not neither. "
+            f"Received: data={type(data).__name__}, test={type(test).__name__}"
+        )
+    if data is not None:
+        if class_names is not None:
+            raise ValueError("class_names= goes with test= arrays; data= has its own "
+                             f"class_names ({data.class_names}).")
+        return data
+    from resnet_tuner.data import ImageData
+
+    try:
+        x, y = test
+    except (TypeError, ValueError):
+        raise ValueError("test must be a pair (x_test, y_test). "
+                         f"Received: {type(test).__name__}") from None
+    x, y = np.asarray(x), np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    shape = tuple(input_shape) if input_shape else x.shape[1:]
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != shape:
+        raise ValueError(
+            f"x_test must be uint8 images of shape (N, {', '.join(map(str, shape))}), as the "
+            f"search's. Received: dtype {x.dtype}, shape {x.shape}"
+        )
+    if num_classes is None:
+        num_classes = len(class_names) if class_names is not None else int(y.max(initial=0)) + 1
+    names = [str(i) for i in range(num_classes)] if class_names is None else list(class_names)
+    if len(names) != num_classes:
+        raise ValueError(f"class_names must name the model's {num_classes} classes. "
+                         f"Received: {len(names)} names {names}")
+    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer) or len(y) == 0 or (
+            y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(
+            f"y_test must hold one integer label from 0 to {num_classes - 1} per image of "
+            f"x_test ({len(x)}). Received: dtype {y.dtype}, shape {y.shape}"
+        )
+    return ImageData(x, y, [f"x_test[{i}]" for i in range(len(x))], {"test": np.arange(len(x))},
+                     names, x.shape[1:3], resize=None, root=None, split="test arrays")
 
 
 def refit_model(model_cfg: ResNetConfig, train_cfg: TrainConfig, data, epochs: int,
@@ -123,24 +240,52 @@ def export_model(
     model: keras.Model,
     directory: str | os.PathLike,
     *,
-    data,
+    data=None,
+    test=None,
+    class_names=None,
     model_config: ResNetConfig,
     train_config: TrainConfig | None = None,
     hyperparameters: dict[str, Any] | None = None,
     space=None,
     trial: dict[str, Any] | None = None,
+    skipped=None,
 ) -> Path:
-    """Writes the bundle for `model` (see the module docstring); returns its path."""
+    """Writes the bundle for `model` (see the module docstring); returns its path.
+
+    The held-out test images come from `data` (an `ImageData`) or, as in
+    `export_best`, from `test=(x_test, y_test)` with `class_names`. `skipped`
+    (`[(path, reason), ...]`) defaults to `data.skipped`.
+    """
+    outputs = int(model.outputs[0].shape[-1])
+    data = _data_of(data, test, class_names, tuple(model.input_shape[1:]),
+                    2 if outputs == 1 else outputs)
+    skipped = list(data.skipped if skipped is None else skipped)
     target = Path(directory).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         _write_bundle(model, staging, data, model_config, train_config, hyperparameters, space,
-                      trial)
+                      trial, skipped)
         _swap_into_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def without_optimizer(model: keras.Model) -> keras.Model:
+    """A copy of `model` with its weights and no optimizer, for `model.keras`.
+
+    A compiled model saves its optimizer's variables, and `load_model` builds
+    a fresh optimizer for them: when their numbers differ (a model from
+    `tuner.get_best_models`, whose optimizer never ran) every load warns
+    "Skipping variable loading for optimizer". A served model needs no
+    optimizer state (Keras 3's `.keras` format has no `include_optimizer`).
+    """
+    if getattr(model, "optimizer", None) is None:
+        return model
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def serving_model(model: keras.Model, model_config: ResNetConfig, input_shape,
@@ -173,16 +318,21 @@ def _swap_into_place(staging: Path, target: Path) -> None:
 
 
 def _write_bundle(model, folder: Path, data, model_config, train_config, hyperparameters,
-                  space, trial) -> None:
-    height, width, channels = data.input_shape
+                  space, trial, skipped) -> None:
+    input_shape = tuple(int(d) for d in model.input_shape[1:])
+    height, width = input_shape[:2]
     x_test, y_test = data.arrays("test")
-    model.save(folder / "model.keras")
+    without_optimizer(model).save(folder / "model.keras")
     probs = model.predict(x_test, verbose=0, batch_size=64)
     metrics = held_out_metrics(probs, y_test, data.class_names)
 
     saved_model = folder / "saved_model"
-    serving = serving_model(model, model_config, data.input_shape, data.num_classes)
-    serving.export(str(saved_model), format="tf_saved_model", verbose=False)
+    serving = serving_model(model, model_config, input_shape, data.num_classes)
+    if "verbose" in inspect.signature(serving.export).parameters:
+        serving.export(str(saved_model), format="tf_saved_model", verbose=False)
+    else:  # Keras 3.3 (our floor) to 3.5 at least: no `verbose`, it always prints
+        with contextlib.redirect_stdout(io.StringIO()):
+            serving.export(str(saved_model), format="tf_saved_model")
     metrics["tflite"] = _tflite(saved_model, folder / "model.tflite", x_test, probs)
     if not metrics["tflite"]["converted"]:
         warnings.warn(f"TFLite conversion failed, so the bundle has no model.tflite "
@@ -191,26 +341,31 @@ def _write_bundle(model, folder: Path, data, model_config, train_config, hyperpa
 
     config = {
         "model": model_config.to_dict(),
-        "input_shape": [height, width, channels],
+        "input_shape": list(input_shape),
         "input_dtype": "uint8",
         "num_classes": data.num_classes,
         "image_size": [height, width],
+        # None: the images came as arrays, resized by whoever made them.
         "resize": getattr(data, "resize", "stretch"),
         "binary": model.outputs[0].shape[-1] == 1,
     }
+    train = train_config.to_dict() if train_config else None
+    skipped_record = card.skipped_record(skipped, data.root)
     _write_json(folder / "config.json", config)
     _write_json(folder / "classes.json", list(data.class_names))
     _write_json(folder / "hyperparameters.json", {
         "values": hyperparameters or {},
-        "train": train_config.to_dict() if train_config else None,
+        "train": train,
         "trial": trial,
     })
     data.write_manifest(folder / "manifest.json")
+    card.write_skipped(folder / card.SKIPPED_FILE, skipped, data.root)
     _write_json(folder / "metrics.json", metrics)
-    (folder / "MODEL_CARD.md").write_text(
-        model_card(model, data, config, metrics, hyperparameters, train_config, space, trial),
-        "utf-8",
-    )
+    text = card.model_card(name=model.name, params=model.count_params(), data=data,
+                           config=config, metrics=metrics, hyperparameters=hyperparameters,
+                           train_config=train, space=space, trial=trial,
+                           skipped=skipped_record)
+    (folder / "MODEL_CARD.md").write_text(text, "utf-8")
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -276,77 +431,6 @@ def _tflite(saved_model: Path, path: Path, x_test: np.ndarray, keras_probs: np.n
         "top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1))),
         "max_abs_probability_diff": float(np.max(np.abs(a - b))),
     }
-
-
-def model_card(model, data, config, metrics, hyperparameters, train_config, space,
-               trial) -> str:
-    counts = data.counts
-    split_lines = "\n".join(
-        f"| {s} | {sum(counts[s].values())} | "
-        + ", ".join(f"{k}: {v}" for k, v in counts[s].items()) + " |"
-        for s in ("train", "val", "test")
-    )
-    tflite = metrics.get("tflite", {})
-    if tflite.get("converted"):
-        lite = (f"TFLite agrees with Keras on {100 * tflite['top1_agreement']:.1f} % of test "
-                f"top-1 predictions (max probability difference "
-                f"{tflite['max_abs_probability_diff']:.2g}).")
-    else:
-        lite = f"TFLite conversion failed, so no model.tflite: {tflite.get('error')}"
-    top5 = (f", top-5 accuracy {100 * metrics['top5_accuracy']:.2f} %"
-            if "top5_accuracy" in metrics else "")
-    space_text = json.dumps(space.to_dict(), indent=1) if space is not None else "n/a"
-    return f"""# Model card: {model.name}
-
-A ResNet found by resnet_tuner.
-
-## Data
-- Source: `{data.root}`
-- Classes ({data.num_classes}): {", ".join(data.class_names)}
-- Images: {config["image_size"][0]}x{config["image_size"][1]} RGB uint8, resize mode
-  `{config["resize"]}`; split seed {data.seed}, split {data.split}
-  (`manifest.json` lists every file's split).
-
-| split | images | per class |
-|---|---|---|
-{split_lines}
-
-## Search
-- Space: `{getattr(space, "source", "n/a")}`
-- Best trial: {json.dumps(trial)}
-- Hyperparameters: `{json.dumps(hyperparameters)}`
-- Training: `{json.dumps(train_config.to_dict() if train_config else None)}`
-
-<details><summary>Search space</summary>
-
-```json
-{space_text}
-```
-</details>
-
-## Best configuration
-{model.count_params():,} parameters.
-
-```json
-{json.dumps(config["model"], indent=1)}
-```
-
-## Test results (held-out test split, never seen by the search)
-Accuracy {100 * metrics["accuracy"]:.2f} % on {metrics["images"]} images{top5}.
-Per-class precision, recall and F1 and the confusion matrix are in `metrics.json`.
-{lite}
-
-## How to load
-```python
-import keras, resnet_tuner  # resnet_tuner registers the custom layers
-model = keras.saving.load_model("model.keras", safe_mode=True)
-probs = model.predict(uint8_images)  # (N, {config["image_size"][0]}, {config["image_size"][1]}, 3)
-```
-Without resnet_tuner: `tf.saved_model.load("saved_model").serve(uint8_images)`, or
-`tf.lite.Interpreter("model.tflite")`. Images must be decoded to RGB and resized like
-training: `resnet_tuner.load_image(path, {tuple(config["image_size"])}, "{config["resize"]}")`,
-or `resnet-tuner predict <bundle> <images>`.
-"""
 
 
 def load_bundle(directory: str | os.PathLike) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 `build(hp)` = sample config -> build network -> compile.
 `fit(hp, model, ...)` is where per-trial training choices live (batch size,
-epochs, class weights), as keras-tuner's documentation recommends.
+epochs, class weights, early stopping), as keras-tuner's documentation
+recommends.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ import numpy as np
 from resnet_tuner.config import ResNetConfig, TrainConfig
 from resnet_tuner.model import build_resnet
 from resnet_tuner.space import SearchSpace, load_space
-from resnet_tuner.training import compile_model, schedule_callbacks
+from resnet_tuner.training import EXTRA_METRICS, compile_model, schedule_callbacks
+
+#: Metrics every model computes, besides `EXTRA_METRICS` (top-5 accuracy only
+#: with more than five classes).
+_COMPILED = ("loss", "accuracy", "top5_accuracy")
 
 
 def _is_image_data(x: Any) -> bool:
@@ -43,6 +48,13 @@ class ResNetHyperModel(kt.HyperModel):
             `input_shape` and `num_classes` from.
         class_weight: `None`, `"balanced"` (scikit-learn's, from the training
             labels) or a dict `{class_index: weight}` passed to `fit`.
+        objective: what the search ranks trials by (a name or a
+            `kt.Objective`; a name ending in "loss" is minimized, others
+            maximized). The models compute the metric it names, e.g.
+            `"val_balanced_accuracy"` compiles `training.BalancedAccuracy`.
+        early_stopping: end a trial's training after this many epochs without
+            a better `objective` (`keras.callbacks.EarlyStopping`); None trains
+            every epoch.
         name: optional name of the HyperModel.
 
     Example:
@@ -64,6 +76,8 @@ class ResNetHyperModel(kt.HyperModel):
         *,
         data: Any = None,
         class_weight: str | Mapping[int, float] | None = None,
+        objective: str | kt.Objective = "val_accuracy",
+        early_stopping: int | None = None,
         name: str | None = None,
     ):
         super().__init__(name=name, tunable=True)
@@ -85,6 +99,24 @@ class ResNetHyperModel(kt.HyperModel):
                 f"Received: class_weight={class_weight!r}"
             )
         self.class_weight = class_weight
+        if not isinstance(objective, kt.Objective):
+            objective = kt.Objective(objective, "min" if objective.endswith("loss") else "max")
+        metric = objective.name.removeprefix("val_")
+        if metric not in _COMPILED and metric not in EXTRA_METRICS:
+            raise ValueError(
+                "objective must name a metric the models compute: "
+                f"{', '.join(f'val_{m}' for m in (*_COMPILED, *EXTRA_METRICS))}. "
+                f"Received: objective={objective.name!r}"
+            )
+        self.objective = objective
+        self.extra_metrics = (metric,) if metric in EXTRA_METRICS else ()
+        if early_stopping is not None and (
+            not isinstance(early_stopping, int) or isinstance(early_stopping, bool)
+            or early_stopping < 1
+        ):
+            raise ValueError("early_stopping must be a positive number of epochs or None. "
+                             f"Received: early_stopping={early_stopping!r}")
+        self.early_stopping = early_stopping
         # Fail now, not in trial 1: every default of the space must build here.
         self.configs(kt.HyperParameters())
 
@@ -102,7 +134,7 @@ class ResNetHyperModel(kt.HyperModel):
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         model_cfg, train_cfg = self.configs(hp)
         model = build_resnet(model_cfg, self.input_shape, self.num_classes)
-        return compile_model(model, train_cfg, self.num_classes)
+        return compile_model(model, train_cfg, self.num_classes, self.extra_metrics)
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, x=None, y=None,
             validation_data=None, **kwargs):
@@ -148,6 +180,10 @@ class ResNetHyperModel(kt.HyperModel):
             *schedule_callbacks(train, kwargs["epochs"]),
             FailOnNaN(),
         ]
+        if self.early_stopping:
+            kwargs["callbacks"].append(keras.callbacks.EarlyStopping(
+                monitor=self.objective.name, mode=self.objective.direction,
+                patience=self.early_stopping))
         try:
             return model.fit(x, y, validation_data=validation_data, **kwargs)
         except (tf.errors.ResourceExhaustedError, MemoryError) as err:

@@ -1,18 +1,32 @@
 """`resnet-tuner report`: one HTML page with PNG plots of a run.
 
 Reads keras-tuner's `trial.json` files and our `history.json` per trial, and
-the best bundle's `metrics.json`: nothing is retrained or reloaded.
+the best bundle's `metrics.json` and `classes.json`: nothing is retrained or
+reloaded.
+
+Class names come from folder names, so they can be in any script. The
+confusion matrix draws them with the default font plus, as matplotlib's
+per-glyph fallback, installed fonts that have the glyphs it lacks (checked
+against each font's character map). When no installed font has them all, the
+axes show class indices and the page, which the browser renders in any
+script, lists index -> name: never empty boxes, never a warning per glyph.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from resnet_tuner.run.rundir import PROJECT, RUN_FILE
+
+#: Fonts whose character map covers everything with placeholder boxes
+#: (matplotlib ships "Last Resort High-Efficiency"): drawing with them is tofu.
+PLACEHOLDER_FONTS = ("Last Resort",)
 
 
 def read_trials(run_dir: Path) -> list[dict[str, Any]]:
@@ -46,6 +60,116 @@ def _reason(message: str) -> str:
     return lines[-1].strip() if lines else ""
 
 
+# ------------------------------------------------------------------------ fonts
+def font_families() -> list[str]:
+    """The font families matplotlib can draw with, its default first.
+
+    Fonts installed after matplotlib built its font cache (e.g. `apt-get
+    install fonts-noto-cjk` after a first report) are not in that cache;
+    they are registered here, so installing a font is enough.
+    """
+    from matplotlib import font_manager
+
+    manager = font_manager.fontManager
+    known = {entry.fname for entry in manager.ttflist}
+    for path in font_manager.findSystemFonts():
+        if path not in known:
+            try:
+                manager.addfont(path)
+            except Exception:  # an unreadable font file is simply not a candidate
+                pass
+    default = font_manager.findfont(font_manager.FontProperties())
+    first = next((e.name for e in manager.ttflist if e.fname == default), None)
+    # Only families with an upright regular face: for the others matplotlib
+    # substitutes another weight and logs a "findfont: Failed to find" line.
+    regular = {e.name for e in manager.ttflist
+               if e.style == "normal" and font_manager.weight_dict.get(e.weight, e.weight) == 400}
+    others = sorted(regular - {first})
+    return [first, *others] if first else others
+
+
+@functools.cache
+def _characters(family: str) -> frozenset[int]:
+    """Code points the font matplotlib picks for `family` (normal style) has a glyph for."""
+    from matplotlib import font_manager
+
+    path = font_manager.findfont(font_manager.FontProperties(family=[family]),
+                                 fallback_to_default=False)
+    charmap = font_manager.get_font(path).get_charmap()
+    return frozenset(code for code, glyph in charmap.items() if glyph)
+
+
+def label_fonts(names: Sequence[str], families: Sequence[str] | None = None) -> list[str] | None:
+    """The font families that draw every character of `names`, or None if none do.
+
+    The first usable family of `families` leads; each later one is added
+    only for characters the ones before it lack, so matplotlib's font
+    fallback (a list of families) takes each glyph from a font that has it.
+
+    Args:
+        names: the texts to draw (class names).
+        families: candidate families in order of preference (default:
+            `font_families()`, matplotlib's default font first).
+
+    Returns:
+        A family list for `fontfamily=`, or None when the candidates
+        together lack a character.
+    """
+    families = font_families() if families is None else list(families)
+    missing = {ord(ch) for name in names for ch in name}
+    chosen: list[str] = []
+    for family in families:
+        if any(mark in family for mark in PLACEHOLDER_FONTS):
+            continue
+        try:
+            covered = _characters(family)
+        except (ValueError, RuntimeError, OSError):  # not installed, or unreadable
+            continue
+        if not chosen or missing & covered:
+            chosen.append(family)
+            missing -= covered
+        if not missing:
+            return chosen
+    return None
+
+
+def confusion_matrix_figure(matrix, class_names: Sequence[str], title: str,
+                            families: Sequence[str] | None = None):
+    """The confusion matrix as a figure: `(figure, legend)`.
+
+    Axes are labelled with the class names when fonts that draw them exist
+    (see `label_fonts`), else with class indices; `legend` is then
+    `[(index, name), ...]` for the page, and None when the names are on the axes.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    matrix = np.asarray(matrix)
+    names = [str(n) for n in class_names]
+    fonts = label_fonts(names, families)
+    legend = None
+    if fonts is None:
+        names, legend = [str(i) for i in range(len(matrix))], list(enumerate(names))
+    # Room for the cells, plus the longest label (about 0.08 inch a character at
+    # 10 pt): constrained layout places everything but cannot make the figure larger.
+    size = max(4.0, 0.45 * len(matrix) + 2) + 0.08 * max(map(len, names), default=0)
+    fig, ax = plt.subplots(figsize=(size, size), layout="constrained")
+    ax.imshow(matrix, cmap="Blues")
+    # parse_math=False: a class named "$5 bill" is text, not mathtext.
+    text = {"fontfamily": fonts, "parse_math": False} if fonts else {"parse_math": False}
+    ax.set_xticks(range(len(matrix)), names, rotation=90 if fonts else 0, **text)
+    ax.set_yticks(range(len(matrix)), names, **text)
+    for (i, j), n in np.ndenumerate(matrix):
+        if n:
+            ax.text(j, i, str(n), ha="center", va="center",
+                    color="white" if n > matrix.max() / 2 else "black")
+    ax.set_xlabel("predicted" if fonts else "predicted (class index: names listed on the page)")
+    ax.set_ylabel("true" if fonts else "true (class index)")
+    ax.set_title(title)
+    return fig, legend
+
+
+# ------------------------------------------------------------------------ report
 def write_report(run_dir: str | os.PathLike, to: str | os.PathLike | None = None) -> Path:
     """Writes `index.html` and its PNG plots; returns the HTML path.
 
@@ -68,8 +192,7 @@ def write_report(run_dir: str | os.PathLike, to: str | os.PathLike | None = None
     figures: list[tuple[str, str]] = []
 
     def save(fig, name: str, caption: str) -> None:
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
+        fig.savefig(out / name, dpi=110)  # figures use constrained layout: nothing cut off
         plt.close(fig)
         figures.append((name, caption))
 
@@ -83,7 +206,7 @@ def write_report(run_dir: str | os.PathLike, to: str | os.PathLike | None = None
         for t in order:
             running = max(running, t["score"])
             best.append(running)
-        fig, ax = plt.subplots(figsize=(6.4, 3.8))
+        fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
         ax.plot(xs, [t["score"] for t in order], "o", label="trial", alpha=0.7)
         ax.step(xs, best, where="post", label="best so far", color="C3")
         ax.set_xlabel("minutes since the first trial" if order is timed else "trial")
@@ -94,7 +217,7 @@ def write_report(run_dir: str | os.PathLike, to: str | os.PathLike | None = None
 
         sized = [t for t in scored if t["params"]]
         if sized:
-            fig, ax = plt.subplots(figsize=(6.4, 3.8))
+            fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
             ax.scatter([t["params"] for t in sized], [t["score"] for t in sized], alpha=0.8)
             ax.set_xscale("log")
             ax.set_xlabel("parameters")
@@ -105,7 +228,7 @@ def write_report(run_dir: str | os.PathLike, to: str | os.PathLike | None = None
         top = max(scored, key=lambda t: t["score"])
         history = top["history"]
         if history:
-            fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+            fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
             for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
                 for prefix, label in (("", "train"), ("val_", "validation")):
                     if prefix + key in history:
@@ -116,34 +239,30 @@ def write_report(run_dir: str | os.PathLike, to: str | os.PathLike | None = None
                 ax.legend()
             save(fig, "best_curves.png", f"Training curves of the best trial ({top['id']}).")
 
-    metrics_path = run_dir / "best" / "metrics.json"
+    best_dir = run_dir / "best"
+    metrics_path = best_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text("utf-8")) if metrics_path.is_file() else None
-    classes = record.get("class_names", [])
+    legend = None
     if metrics:
-        import numpy as np
-
-        matrix = np.array(metrics["confusion_matrix"])
-        size = max(4.0, 0.45 * len(matrix) + 2)
-        fig, ax = plt.subplots(figsize=(size, size))
-        ax.imshow(matrix, cmap="Blues")
-        ax.set_xticks(range(len(matrix)), classes, rotation=90)
-        ax.set_yticks(range(len(matrix)), classes)
-        for (i, j), n in np.ndenumerate(matrix):
-            if n:
-                ax.text(j, i, str(n), ha="center", va="center",
-                        color="white" if n > matrix.max() / 2 else "black")
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(f"Test confusion matrix (accuracy {100 * metrics['accuracy']:.1f} %)")
+        matrix = metrics["confusion_matrix"]
+        classes_path = best_dir / "classes.json"  # the classes of the model the matrix is of
+        classes = (json.loads(classes_path.read_text("utf-8")) if classes_path.is_file()
+                   else record.get("class_names", []))
+        if len(classes) != len(matrix):
+            classes = [str(i) for i in range(len(matrix))]
+        fig, legend = confusion_matrix_figure(
+            matrix, classes,
+            f"Test confusion matrix\naccuracy {100 * metrics['accuracy']:.1f} % "
+            f"on {metrics['images']} images")
         save(fig, "confusion_matrix.png", "Held-out test split, best exported model.")
 
-    page = _html(record, trials, figures, metrics)
+    page = _html(record, trials, figures, metrics, legend)
     path = out / "index.html"
     path.write_text(page, "utf-8")
     return path
 
 
-def _html(record, trials, figures, metrics) -> str:
+def _html(record, trials, figures, metrics, legend=None) -> str:
     esc = html.escape
     names = sorted({k for t in trials for k in t["values"] if not k.startswith("tuner/")})
     head = "".join(f"<th>{esc(n)}</th>" for n in names)
@@ -160,6 +279,12 @@ def _html(record, trials, figures, metrics) -> str:
         f"<figure><img src='{esc(name)}' alt='{esc(caption)}'><figcaption>{esc(caption)}"
         "</figcaption></figure>" for name, caption in figures
     )
+    classes = ""
+    if legend:
+        items = "".join(f"<tr><td>{i}</td><td>{esc(name)}</td></tr>" for i, name in legend)
+        classes = ("<h2>Classes</h2><p>No installed font draws every class name, so the "
+                   "confusion matrix labels classes by index:</p>"
+                   f"<table class='classes'><tr><th>index</th><th>class</th></tr>{items}</table>")
     options = record.get("options", {})
     failed = sum(t["status"] == "FAILED" for t in trials)
     space = esc(str(options.get("space")))
@@ -176,6 +301,7 @@ table{{border-collapse:collapse;font-size:90%}} td,th{{border:1px solid #ccc;pad
 tr.failed,tr.invalid{{background:#fdd}}</style></head><body>
 <h1>resnet-tuner report</h1><p>{summary}</p>{test}
 {images}
+{classes}
 <h2>Trials</h2><table><tr><th>trial</th><th>status</th><th>val accuracy</th><th>parameters</th>
 {head}</tr>{''.join(rows)}</table></body></html>
 """

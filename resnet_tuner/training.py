@@ -2,7 +2,8 @@
 HyperModel, by a refit at export time and by the examples.
 
 `OPTIMIZERS` maps each optimizer name to its factory and to the `TrainConfig`
-fields only it reads (momentum for SGD and RMSprop).
+fields only it reads (momentum for SGD and RMSprop). `EXTRA_METRICS` are the
+metrics a model computes only when a search ranks trials by them.
 """
 
 from __future__ import annotations
@@ -98,24 +99,82 @@ def make_loss(train: TrainConfig, binary: bool) -> keras.losses.Loss:
     return keras.losses.SparseCategoricalCrossentropy()
 
 
-def make_metrics(num_classes: int, binary: bool) -> list:
-    """Accuracy, plus top-5 accuracy when there are more than 5 classes."""
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class BalancedAccuracy(keras.metrics.Metric):
+    """The mean of the per-class recalls, for integer labels (scikit-learn's
+    `balanced_accuracy_score`): on imbalanced classes a model that always
+    answers the largest class scores `1 / num_classes`, not the largest share.
+
+    Counts accumulate over the epoch, so the value is the whole split's, not an
+    average of batches'. Classes absent from the labels seen are left out of
+    the mean, as scikit-learn does.
+
+    Args:
+        num_classes: number of classes.
+        binary: the model has one sigmoid unit (class 1 when it is over 0.5).
+    """
+
+    def __init__(self, num_classes: int, binary: bool = False, name: str = "balanced_accuracy",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = int(num_classes)
+        self.binary = bool(binary)
+        self.seen = self.add_variable((self.num_classes,), initializer="zeros", name="seen")
+        self.hits = self.add_variable((self.num_classes,), initializer="zeros", name="hits")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+        if self.binary:
+            predicted = ops.cast(ops.reshape(y_pred, (-1,)) > 0.5, "int32")
+        else:
+            predicted = ops.cast(ops.argmax(y_pred, axis=-1), "int32")
+        seen = ops.one_hot(labels, self.num_classes, dtype=self.dtype)
+        hits = seen * ops.expand_dims(ops.cast(ops.equal(labels, predicted), self.dtype), -1)
+        self.seen.assign_add(ops.sum(seen, axis=0))
+        self.hits.assign_add(ops.sum(hits, axis=0))
+
+    def result(self):
+        present = ops.cast(self.seen > 0, self.dtype)
+        recalls = ops.divide_no_nan(self.hits, self.seen)
+        return ops.divide_no_nan(ops.sum(recalls * present), ops.sum(present))
+
+    def reset_state(self):
+        self.seen.assign(ops.zeros_like(self.seen))
+        self.hits.assign(ops.zeros_like(self.hits))
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "binary": self.binary}
+
+
+#: Metrics compiled only when asked for (a search ranking trials by
+#: `val_<name>`): name -> `(num_classes, binary) -> metric`.
+EXTRA_METRICS: dict[str, Callable[[int, bool], keras.metrics.Metric]] = {
+    "balanced_accuracy": lambda num_classes, binary: BalancedAccuracy(num_classes, binary),
+}
+
+
+def make_metrics(num_classes: int, binary: bool, extra: tuple[str, ...] = ()) -> list:
+    """Accuracy, plus top-5 accuracy when there are more than 5 classes, plus `extra`
+    (`EXTRA_METRICS` names)."""
     metrics: list = ["accuracy"]
     if not binary and num_classes > 5:
         metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"))
+    metrics += [EXTRA_METRICS[name](num_classes, binary) for name in extra]
     return metrics
 
 
-def compile_model(model: keras.Model, train: TrainConfig, num_classes: int) -> keras.Model:
+def compile_model(model: keras.Model, train: TrainConfig, num_classes: int,
+                  extra_metrics: tuple[str, ...] = ()) -> keras.Model:
     """Compiles `model` for integer labels as `train` says; returns it.
 
     A model whose output has one unit is treated as binary (sigmoid).
+    `extra_metrics` names `EXTRA_METRICS` to compute too.
     """
     binary = model.outputs[0].shape[-1] == 1
     model.compile(
         optimizer=make_optimizer(train),
         loss=make_loss(train, binary),
-        metrics=make_metrics(num_classes, binary),
+        metrics=make_metrics(num_classes, binary, tuple(extra_metrics)),
     )
     return model
 

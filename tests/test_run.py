@@ -14,12 +14,15 @@ from resnet_tuner.run.options import IDENTITY, SearchOptions, add_arguments
 #: The settings that define a run. Pinned here on purpose: dropping one from the
 #: identity (say `seed`) would let a resume mix two different searches.
 EXPECTED_IDENTITY = {"data_dir", "space", "tuner", "image_size", "batch_size", "seed", "split",
-                     "resize", "epochs", "hyperband_factor"}
+                     "resize", "epochs", "hyperband_factor", "objective", "class_weight",
+                     "early_stopping"}
 #: A value different from `base()`'s for every field.
 OTHER = {"data_dir": "elsewhere", "out": "runs/b", "space": "mini", "tuner": "random",
          "max_trials": 20, "epochs": 5, "hyperband_factor": 2, "image_size": 32,
          "batch_size": 8, "seed": 1, "split": (0.6, 0.2, 0.2), "resize": "crop",
-         "max_pixels": 4096, "max_params": 1000, "max_failures": 5, "overwrite": True}
+         "max_pixels": 4096, "max_params": 1000, "max_failures": 5, "overwrite": True,
+         "hyperband_iterations": 2, "objective": "val_loss", "class_weight": "balanced",
+         "early_stopping": 3}
 VERSIONS = {"run_format": rundir.RUN_FORMAT, "resnet_tuner": "0.1.0", "keras": "3.15.0",
             "keras_tuner": "1.4.8"}
 
@@ -99,7 +102,8 @@ def test_every_setting_round_trips_through_run_json_and_the_command_line(tmp_pat
             "--max-trials", "20", "--epochs", "5", "--hyperband-factor", "2",
             "--image-size", "32", "--batch-size", "8", "--seed", "1", "--split", "0.6,0.2,0.2",
             "--resize", "crop", "--max-pixels", "4096", "--max-params", "1000",
-            "--max-failures", "5", "--overwrite"]
+            "--max-failures", "5", "--overwrite", "--hyperband-iterations", "2",
+            "--objective", "val_loss", "--class-weight", "balanced", "--early-stopping", "3"]
     assert SearchOptions.from_args(parser.parse_args(argv)) == options
 
 
@@ -112,6 +116,10 @@ BAD = [("tuner", "anneal", "tuner must be one of"), ("resize", "squash", "resize
        ("max_pixels", 0, "max_pixels must be a positive integer"),
        ("max_failures", 0, "max_failures must be a positive integer"),
        ("hyperband_factor", 1, "hyperband_factor must be an integer >= 2"),
+       ("hyperband_iterations", 0, "hyperband_iterations must be a positive integer"),
+       ("objective", "val_auc", "objective must be one of"),
+       ("class_weight", "auto", "class_weight must be one of"),
+       ("early_stopping", 0, "early_stopping must be a positive integer"),
        ("split", (0.5, 0.4, 0.4), "sum to 1"),
        ("data_dir", "/no/such/folder", "Image folder not found: /no/such/folder")]
 
@@ -292,3 +300,21 @@ def test_the_command_line_parser_loads_neither_tensorflow_nor_keras_tuner():
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_a_worker_heartbeat_reports_its_trial_until_the_trial_ends(monkeypatch):
+    """A training worker tells the chief about its trial every HEARTBEAT_S seconds."""
+    import time
+
+    from resnet_tuner.run import distribute, ktcompat
+
+    beats = []
+    monkeypatch.setattr(distribute, "HEARTBEAT_S", 0.02)
+    monkeypatch.setattr(ktcompat, "send_heartbeat",
+                        lambda client, trial_id, timeout: beats.append((client, trial_id)))
+    with distribute.Heartbeat("client", "07"):
+        time.sleep(0.3)
+    during = len(beats)
+    time.sleep(0.1)
+    assert during >= 3 and set(beats) == {("client", "07")}
+    assert len(beats) == during  # stopped with the trial

@@ -35,6 +35,24 @@ Example:
     [('/home/me/pets/cat/huge.png', 'too large (30000x30000 px; max_pixels=50000000)')]
 """
 
+# OpenCV is not a declared dependency (pyproject.toml: any of its four wheels
+# provides cv2, and two of them overwrite each other), so say what to install
+# instead of failing deep inside. 4.11 added cv2.IMREAD_COLOR_RGB (data.decode).
+try:
+    import cv2
+except ImportError as err:
+    raise ImportError(
+        f"resnet_tuner needs OpenCV 4.11 or newer, and `import cv2` failed ({err}). "
+        'Install it with: pip install "resnet-tuner[opencv]" (adds opencv-python-headless), '
+        "or keep the OpenCV wheel you already use (opencv-python, opencv-contrib-python, ...)."
+    ) from err
+if not hasattr(cv2, "IMREAD_COLOR_RGB"):
+    raise ImportError(
+        f"resnet_tuner needs OpenCV 4.11 or newer; cv2 {cv2.__version__} is installed "
+        f"({cv2.__file__}). Upgrade the OpenCV wheel you have, e.g. "
+        "pip install -U opencv-python-headless."
+    )
+
 from resnet_tuner.data.decode import (
     IMAGE_EXTENSIONS,
     MAX_PIXELS,

@@ -224,6 +224,7 @@ def _warn_skipped(skipped: list[tuple[str, str]], root_path: Path) -> None:
     summary = ", ".join(f"{n} {r}" for r, n in reasons.most_common())
     warnings.warn(
         f"Skipped {len(skipped)} file(s) in {root_path}: {summary}. "
-        "See data.skipped for each path and reason.",
+        "See data.skipped for each path and reason (an exported bundle lists them in "
+        "skipped.json and MODEL_CARD.md).",
         stacklevel=3,  # the caller of ImageFolder(...)
     )

@@ -1,4 +1,4 @@
-"""Keeps the image codecs' own stderr lines away from the user.
+"""Keeps the image codecs' (and other native libraries') own stderr lines away from the user.
 
 libjpeg prints warnings (`Corrupt JPEG data: ...`) and libpng errors
 (`libpng error: ...`) with `fprintf(stderr, ...)` from C, per bad file, and
@@ -13,6 +13,13 @@ last thread to leave restores both. Nothing else written to stderr meanwhile
 (Python warnings, a progress line, other libraries) is lost, only delayed
 until its line ends (`\\n` or `\\r`); only empty lines are dropped with the
 codecs' (see `CODEC_LINE`).
+
+`quiet_stderr(pattern)` is the same filter for other lines a C library writes
+by itself: the command line drops TensorFlow's C++ start-up log with it
+(`resnet_tuner.console`). Windows nest: inside several, a line any of their
+patterns finds is dropped, and every pattern stays applied until the outermost
+window ends, so no line slips through because its window closed before the
+reader thread saw it.
 """
 
 from __future__ import annotations
@@ -43,7 +50,15 @@ _lock = threading.Lock()
 _depth = 0
 _saved_fd: int | None = None
 _reader: threading.Thread | None = None
+#: The patterns of the open windows (a tuple, replaced whole: the reader reads it unlocked).
+_patterns: tuple[re.Pattern[bytes], ...] = ()
+_cv_depth = 0
 _cv_level: int | None = None
+# OpenCV 4.x (4.11 is our floor) binds its log level as cv2.getLogLevel /
+# cv2.setLogLevel, without the LOG_LEVEL_* names (SILENT is 0); 5.0 moved
+# them to cv2.utils.logging.
+_cv_logging = getattr(cv2.utils, "logging", cv2)
+_CV_LOG_SILENT = getattr(_cv_logging, "LOG_LEVEL_SILENT", 0)
 
 
 @contextlib.contextmanager
@@ -54,21 +69,54 @@ def quiet_codecs() -> Iterator[None]:
         >>> with quiet_codecs():
         ...     image = cv2.imdecode(buffer, cv2.IMREAD_COLOR_RGB)
     """
-    _enter()
+    with _opencv_log_silenced(), quiet_stderr(CODEC_LINE):
+        yield
+
+
+@contextlib.contextmanager
+def quiet_stderr(pattern: re.Pattern[bytes]) -> Iterator[None]:
+    """Drops the stderr lines `pattern` finds (`pattern.search(line)`, bytes) while the block runs.
+
+    Everything else written to file descriptor 2 meanwhile, by Python or by C,
+    is passed on (see the module docstring).
+
+    Example:
+        >>> with quiet_stderr(re.compile(rb"^noise: ")):
+        ...     os.write(2, b"noise: dropped\\n")
+    """
+    _enter(pattern)
     try:
         yield
     finally:
         _leave()
 
 
-def _enter() -> None:
-    global _depth, _saved_fd, _reader, _cv_level
+@contextlib.contextmanager
+def _opencv_log_silenced() -> Iterator[None]:
+    """OpenCV's own log off while the block runs (re-entrant, thread-safe)."""
+    global _cv_depth, _cv_level
+    with _lock:
+        _cv_depth += 1
+        if _cv_depth == 1:
+            _cv_level = _cv_logging.getLogLevel()
+            _cv_logging.setLogLevel(_CV_LOG_SILENT)
+    try:
+        yield
+    finally:
+        with _lock:
+            _cv_depth -= 1
+            if not _cv_depth:
+                _cv_logging.setLogLevel(_cv_level)
+
+
+def _enter(pattern: re.Pattern[bytes]) -> None:
+    global _depth, _saved_fd, _reader, _patterns
     with _lock:
         _depth += 1
+        if pattern not in _patterns:
+            _patterns = (*_patterns, pattern)
         if _depth > 1:
             return
-        _cv_level = cv2.utils.logging.getLogLevel()
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
         try:
             sys.stderr.flush()
         except (OSError, ValueError, AttributeError):  # sys.stderr closed or None
@@ -79,43 +127,46 @@ def _enter() -> None:
             return
         try:
             read_fd, write_fd = os.pipe()
-        except OSError:  # out of descriptors: decode unfiltered rather than not at all
+        except OSError:  # out of descriptors: run unfiltered rather than not at all
             os.close(saved)
             return
         os.dup2(write_fd, 2)
         os.close(write_fd)
         _saved_fd = saved
         _reader = threading.Thread(target=_forward, args=(read_fd, saved),
-                                   name="resnet_tuner-quiet-codecs", daemon=True)
+                                   name="resnet_tuner-quiet-stderr", daemon=True)
         _reader.start()
 
 
 def _leave() -> None:
-    global _depth, _saved_fd, _reader
+    global _depth, _saved_fd, _reader, _patterns
     with _lock:
         _depth -= 1
         if _depth:
             return
-        cv2.utils.logging.setLogLevel(_cv_level)
-        if _saved_fd is None:
-            return
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            sys.stderr.flush()  # Python's buffered text goes through the filter first
-        os.dup2(_saved_fd, 2)  # drops the pipe's last write end: the reader sees EOF
-        _reader.join()
-        os.close(_saved_fd)
-        _saved_fd, _reader = None, None
+        if _saved_fd is not None:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                sys.stderr.flush()  # Python's buffered text goes through the filter first
+            os.dup2(_saved_fd, 2)  # drops the pipe's last write end: the reader sees EOF
+            _reader.join()
+            os.close(_saved_fd)
+            _saved_fd, _reader = None, None
+        _patterns = ()
 
 
 def _forward(read_fd: int, out_fd: int) -> None:
-    """Copies lines from the pipe to `out_fd`, dropping those `CODEC_LINE` finds."""
+    """Copies lines from the pipe to `out_fd`, dropping those an open window's pattern finds."""
     pending = b""
     with os.fdopen(read_fd, "rb", buffering=0) as pipe:
         while chunk := pipe.read(65536):
             *lines, pending = re.split(rb"(?<=[\r\n])", pending + chunk)
-            _write(out_fd, b"".join(line for line in lines if not CODEC_LINE.search(line)))
-    if pending and not CODEC_LINE.search(pending):
+            _write(out_fd, b"".join(line for line in lines if not _dropped(line)))
+    if pending and not _dropped(pending):
         _write(out_fd, pending)
+
+
+def _dropped(line: bytes) -> bool:
+    return any(pattern.search(line) for pattern in _patterns)
 
 
 def _write(fd: int, data: bytes) -> None:

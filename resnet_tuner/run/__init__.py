@@ -12,7 +12,8 @@ What lives where:
 * `rundir`     the run directory: `run.json`, the resume check, the manifest
                and the run's data and space.
 * `search`     `run_search` (run or resume) and `load_run` (reload a run).
-* `progress`   the progress lines.
+* `progress`   what a search prints: the data and plan lines, progress
+               within a trial (`EpochProgress`), a line per trial.
 * `processes`  `run_search_in_processes`: trials in fresh processes, and the
                handover between them.
 * `distribute` chief/worker search on keras-tuner's gRPC engine, heartbeats

@@ -26,6 +26,9 @@ from resnet_tuner.config import TUNERS
 
 #: Data directory name that selects scikit-learn's bundled digits.
 DIGITS = "digits"
+#: What trials can be ranked by -> keras-tuner's direction. `val_balanced_accuracy`
+#: is the mean of the per-class recalls (`resnet_tuner.training.BalancedAccuracy`).
+OBJECTIVES = {"val_accuracy": "max", "val_loss": "min", "val_balanced_accuracy": "max"}
 
 
 def preset_names() -> list[str]:
@@ -82,6 +85,13 @@ def _check_data_dir(data_dir) -> None:
             f"Image folder not found: {data_dir} (give a folder with one subfolder "
             f"per class, or '{DIGITS}' for the bundled digits)"
         )
+
+
+def kt_objective(name: str):
+    """`keras_tuner.Objective` of an `OBJECTIVES` name, with its direction."""
+    import keras_tuner as kt
+
+    return kt.Objective(name, OBJECTIVES[name])
 
 
 def oracle_seed(seed: int) -> int:
@@ -159,7 +169,10 @@ class SearchOptions:
         help="keras-tuner algorithm (default: {default})")
     max_trials: int = option(
         10, parse=positive_int, minimum=1, tuner_kwarg="max_trials", metavar="N",
-        help="number of trials; raise it to search a finished run further (default: {default})")
+        help="number of trials; raise it to search a finished run further. Hyperband runs "
+             "the trials of its brackets, at most N: with --epochs E and --hyperband-factor "
+             "F, one iteration is a fixed number of trials (30 for E=10, F=3; 10 for E=4; 2 "
+             "for E=2), and --hyperband-iterations repeats them (default: {default})")
     epochs: int | None = option(
         None, parse=positive_int, minimum=1, identity=True, metavar="N",
         tuner_kwarg={"hyperband": "max_epochs"},
@@ -168,6 +181,11 @@ class SearchOptions:
         3, parse=positive_int, minimum=2, identity=True, tuner_kwarg={"hyperband": "factor"},
         metavar="FACTOR",
         help="Hyperband keeps 1/FACTOR of each round's models (default: {default})")
+    hyperband_iterations: int = option(
+        1, parse=positive_int, minimum=1, tuner_kwarg={"hyperband": "hyperband_iterations"},
+        metavar="N",
+        help="times Hyperband runs its brackets; raise it to search a finished Hyperband run "
+             "further (default: {default})")
     image_size: int = option(
         64, parse=positive_int, minimum=1, identity=True, metavar="SIZE",
         help="images are resized to SIZE x SIZE (default: {default})")
@@ -194,6 +212,19 @@ class SearchOptions:
     max_failures: int = option(
         3, parse=positive_int, minimum=1, tuner_kwarg="max_consecutive_failed_trials",
         metavar="N", help="consecutive failed trials that stop the search (default: {default})")
+    objective: str = option(
+        "val_accuracy", choices=tuple(OBJECTIVES), identity=True, tuner_kwarg="objective",
+        to_tuner=kt_objective,
+        help="what trials are ranked by: validation accuracy or loss, or balanced accuracy "
+             "(the mean of the per-class recalls, for imbalanced classes) (default: {default})")
+    class_weight: str | None = option(
+        None, choices=("balanced",), identity=True,
+        help="'balanced' weighs each image's loss by n / (classes x images of its class), so "
+             "a rare class counts as much as a common one (default: unweighted)")
+    early_stopping: int | None = option(
+        None, parse=positive_int, minimum=1, identity=True, metavar="PATIENCE",
+        help="end a trial after PATIENCE epochs without a better objective (default: every "
+             "trial trains all its epochs)")
     overwrite: bool = option(
         False, tuner_kwarg="overwrite",
         help="start over instead of resuming the run in --out")

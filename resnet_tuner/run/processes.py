@@ -10,6 +10,12 @@ TensorFlow start per process (a few seconds).
 The handover: a process's tuner raises `Handover` after its share of trials
 (`RecordingTuner.stop_after`); the process (`resnet-tuner _trials`) then exits
 with `HANDOVER_EXIT` and `run_search_in_processes` starts the next one.
+
+The series' first steps run once, here: the data is read (a folder's images
+decoded into the cache the processes then read), the run recorded and the
+data and plan lines printed; bad data fails here, before any process starts.
+The processes inherit the environment, so the `TF_CPP_MIN_LOG_LEVEL` the
+command line sets quiets TensorFlow in each of them as in this one.
 """
 
 from __future__ import annotations
@@ -53,30 +59,41 @@ def _die_with_parent() -> None:  # pragma: no cover (runs in the child before ex
 
 
 def trials_command(options: SearchOptions, stop_after: int, started: float,
-                   done_at_start: int) -> list[str]:
-    """The command line of one process of the series."""
+                   done_at_start: int, verbose: int = 1) -> list[str]:
+    """The command line of one process of the series (`verbose` 2: `--verbose`)."""
     return [sys.executable, "-m", "resnet_tuner.cli", TRIALS_COMMAND,
             json.dumps(options.to_json()), "--stop-after", str(stop_after),
-            "--started", repr(started), "--done-at-start", str(done_at_start)]
+            "--started", repr(started), "--done-at-start", str(done_at_start),
+            *(["--verbose"] if verbose >= 2 else [])]
 
 
-def run_search_in_processes(options: SearchOptions, trials_per_process: int = 1) -> None:
+def run_search_in_processes(options: SearchOptions, trials_per_process: int = 1,
+                            verbose: int = 1) -> None:
     """Runs a search in a series of fresh processes of `trials_per_process` trials each.
 
+    Args:
+        options: the run's settings.
+        trials_per_process: trials each process runs before a fresh one resumes.
+        verbose: as `run_search`'s; 2 also lets the processes' libraries talk.
+
     Raises:
-        ValueError / FileNotFoundError / SpaceError: bad options or space
+        ValueError / FileNotFoundError / SpaceError: bad options, data or space
             (checked here, before any process starts).
         SearchProcessError: a process failed; it printed its error.
     """
+    from resnet_tuner.run.search import prepare_run
+
     options.validate()
     search_space(options)
     run_dir = Path(options.out)
     check_resume(run_dir, options)
     with search_lock(run_dir):  # the trial processes run under this one's lock
-        _run_processes(options, trials_per_process, run_dir)
+        prepare_run(options, verbose, summary=verbose >= 1)
+        _run_processes(options, trials_per_process, run_dir, verbose)
 
 
-def _run_processes(options: SearchOptions, trials_per_process: int, run_dir: Path) -> None:
+def _run_processes(options: SearchOptions, trials_per_process: int, run_dir: Path,
+                   verbose: int) -> None:
     import subprocess
 
     started = time.time()
@@ -85,7 +102,7 @@ def _run_processes(options: SearchOptions, trials_per_process: int, run_dir: Pat
     while True:
         child = dataclasses.replace(options, overwrite=options.overwrite and first)
         proc = subprocess.Popen(
-            trials_command(child, trials_per_process, started, done),
+            trials_command(child, trials_per_process, started, done, verbose),
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         try:

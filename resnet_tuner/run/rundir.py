@@ -124,6 +124,9 @@ def load_data(options: SearchOptions, run_dir: Path, verbose: int = 1):
     data = ImageFolder(options.data_dir, image_size=size, split=options.split, seed=options.seed,
                        resize=options.resize, verbose=verbose, **limit)
     data.write_manifest(manifest)
+    from resnet_tuner.card import SKIPPED_FILE, write_skipped  # the manifest lists used files only
+
+    write_skipped(Path(run_dir) / SKIPPED_FILE, data.skipped, data.root)
     return data
 
 

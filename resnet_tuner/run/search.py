@@ -6,29 +6,68 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from resnet_tuner.run import distribute
-from resnet_tuner.run.options import DIGITS, SearchOptions
+from resnet_tuner.run import distribute, progress
+from resnet_tuner.run.options import DIGITS, SearchOptions, kt_objective
 from resnet_tuner.run.processes import Handover
 from resnet_tuner.run.rundir import (
     MANIFEST_FILE,
     RUN_FILE,
     check_resume,
+    finished_trials,
     load_data,
     read_record,
     search_lock,
     search_space,
     write_record,
 )
-from resnet_tuner.run.tuners import make_tuner
+from resnet_tuner.run.tuners import make_tuner, planned_trials, trial_epochs
 
 
-def open_tuner(options: SearchOptions, run_dir: Path, space, data):
+def open_tuner(options: SearchOptions, run_dir: Path, space, data, verbose: int = 1):
     """The run's hypermodel and tuner: the one place a run assembles them."""
     from resnet_tuner import ResNetHyperModel
 
     hypermodel = ResNetHyperModel(space, input_shape=data.input_shape,
-                                  num_classes=data.num_classes)
-    return make_tuner(options, hypermodel, run_dir)
+                                  num_classes=data.num_classes, class_weight=options.class_weight,
+                                  objective=kt_objective(options.objective),
+                                  early_stopping=options.early_stopping)
+    return make_tuner(options, hypermodel, run_dir, verbose=verbose)
+
+
+def prepare_run(options: SearchOptions, verbose: int = 1, *, summary: bool = True):
+    """Loads the data of a run and records the run (`run.json`, the manifest).
+
+    What the chief of a search (or its only process) does before the first
+    trial, under the run's lock; `run_search_in_processes` does it once before
+    its first process. Call it after `check_resume`.
+
+    Args:
+        options: the run's settings (validated).
+        verbose: 1 shows the decoding progress of a folder read the first time.
+        summary: print the data line and what the search will run.
+
+    Returns:
+        `(space, data)`.
+
+    Raises:
+        ValueError / FileNotFoundError: bad data.
+    """
+    run_dir = Path(options.out)
+    space = search_space(options)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = load_data(options, run_dir, verbose=verbose)
+    if options.data_dir == DIGITS and (
+        options.overwrite or not (run_dir / MANIFEST_FILE).exists()
+    ):
+        data.write_manifest(run_dir / MANIFEST_FILE)
+    write_record(run_dir, options, space, data.class_names)
+    if summary:
+        epochs = trial_epochs(options, space)
+        done = 0 if options.overwrite else finished_trials(run_dir)
+        print(progress.data_line(data), flush=True)
+        print(progress.plan_line(options, planned_trials(options, epochs), epochs, done),
+              flush=True)
+    return space, data
 
 
 def run_search(options: SearchOptions, verbose: int = 1, **kwargs):
@@ -50,7 +89,8 @@ def run_search(options: SearchOptions, verbose: int = 1, **kwargs):
 
 def _run_search(options: SearchOptions, verbose: int = 1, *, connect_timeout: float = 60.0,
                 worker_timeout: float = 60.0, stop_after: int | None = None,
-                started: float | None = None, done_at_start: int | None = None):
+                started: float | None = None, done_at_start: int | None = None,
+                summary: bool = True):
     """Runs (or resumes) a search; returns `(tuner, data)`.
 
     In a distributed search (see `resnet_tuner.run.distribute`) the chief serves
@@ -58,7 +98,9 @@ def _run_search(options: SearchOptions, verbose: int = 1, *, connect_timeout: fl
 
     Args:
         options: the run's settings.
-        verbose: 1 prints the data summary and progress lines.
+        verbose: 0 prints a line per trial only; 1 also the data and plan lines
+            (with `summary`), the decoding progress and progress within each
+            trial (`progress.EpochProgress`); 2 also keras-tuner's own lines.
         connect_timeout: seconds a worker waits for the chief.
         worker_timeout: seconds of silence after which the chief counts a
             worker as lost and queues its trial again.
@@ -66,6 +108,8 @@ def _run_search(options: SearchOptions, verbose: int = 1, *, connect_timeout: fl
             `tuner.recycled` set if trials are left (see `run_search_in_processes`).
         started, done_at_start: the whole search's start time and finished
             trials then, for progress lines across processes.
+        summary: print the data and plan lines (a process of a series does
+            not: the series printed them).
 
     Raises:
         ValueError / FileNotFoundError / SpaceError: bad options, data or space.
@@ -88,17 +132,12 @@ def _run_search(options: SearchOptions, verbose: int = 1, *, connect_timeout: fl
         data = load_data(options, run_dir, verbose=verbose)
     else:
         check_resume(run_dir, options)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        data = load_data(options, run_dir, verbose=verbose)
-        if options.data_dir == DIGITS and (
-            options.overwrite or not (run_dir / MANIFEST_FILE).exists()
-        ):
-            data.write_manifest(run_dir / MANIFEST_FILE)
-        write_record(run_dir, options, space, data.class_names)
-    tuner = open_tuner(options, run_dir, space, data)
+        space, data = prepare_run(options, verbose, summary=summary and verbose >= 1)
+    tuner = open_tuner(options, run_dir, space, data, verbose=verbose)
     tuner.worker_timeout = worker_timeout
     tuner.stop_after, tuner.search_started_at = stop_after, started
     tuner.done_at_start = done_at_start
+    tuner.epoch_progress = verbose >= 1
     fit_kwargs: dict[str, Any] = {"verbose": 0}
     if options.tuner != "hyperband":  # Hyperband sets each trial's epochs itself
         fit_kwargs["epochs"] = tuner.trial_epochs
@@ -121,8 +160,12 @@ def _run_search(options: SearchOptions, verbose: int = 1, *, connect_timeout: fl
     return tuner, data
 
 
-def load_run(run_dir: str | Path):
+def load_run(run_dir: str | Path, verbose: int = 1):
     """Reloads a finished (or interrupted) run: `(tuner, data, options)`.
+
+    Args:
+        run_dir: the run directory.
+        verbose: 2 lets keras-tuner's `Reloading Tuner from ...` line through.
 
     Raises:
         FileNotFoundError: `run_dir` is not a run directory.
@@ -132,4 +175,4 @@ def load_run(run_dir: str | Path):
     options = SearchOptions.from_dict({**record["options"], "overwrite": False})
     space = search_space(options)
     data = load_data(options, run_dir, verbose=0)
-    return open_tuner(options, run_dir, space, data), data, options
+    return open_tuner(options, run_dir, space, data, verbose=verbose), data, options

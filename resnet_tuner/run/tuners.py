@@ -11,7 +11,11 @@ keras-tuner's tuners with keras-tuner's constructor arguments, plus:
   initial configurations wherever they lie on the grid, and starting the walk
   elsewhere would skip the grid points before them;
 * each trial leaves `history.json` (per-epoch metrics, model size, wall time)
-  in its trial folder, and a progress line is printed when it ends;
+  in its trial folder, and a progress line is printed when it ends (with
+  `epoch_progress`, progress within the trial too: `progress.EpochProgress`);
+* Hyperband's `max_trials` is the number of trials its brackets run
+  (`hyperband_trials`), capped by the `max_trials` given: a progress line's
+  "trial 3 of N" is true for every tuner;
 * they run as a distributed chief or worker (`resnet_tuner.run.distribute`).
 
 Example:
@@ -25,10 +29,14 @@ runs assemble a tuner.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras_tuner as kt
@@ -63,18 +71,32 @@ class RecordingTuner:
     #: progress lines that span several processes (None: this process's own).
     search_started_at: float | None = None
     done_at_start: int | None = None
+    #: Show progress within each trial (`progress.EpochProgress`); the CLI's
+    #: searches do, the Python API leaves it to `search(verbose=...)`.
+    epoch_progress: bool = False
 
     def _print(self, line: str) -> None:
         print(line, file=self.progress_stream or sys.stdout, flush=True)
 
+    def _epoch_callback(self, trial) -> progress.EpochProgress:
+        configs = getattr(self.hypermodel, "configs", None)
+        batch_size = configs(trial.hyperparameters)[1].batch_size if configs else None
+        return progress.EpochProgress(self.oracle.objective.name, batch_size,
+                                      stream=lambda: self.progress_stream or sys.stdout)
+
     def run_trial(self, trial, *args, **kwargs):
         started = time.time()
-        if ktcompat.is_worker(self):
-            self._print(f"worker {self.tuner_id}: running trial {trial.trial_id}")
-            with distribute.Heartbeat(self.oracle, trial.trial_id):
+        if self.epoch_progress:
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), self._epoch_callback(trial)]
+        try:
+            if ktcompat.is_worker(self):
+                self._print(f"worker {self.tuner_id}: running trial {trial.trial_id}")
+                with distribute.Heartbeat(self.oracle, trial.trial_id):
+                    histories = super().run_trial(trial, *args, **kwargs)
+            else:
                 histories = super().run_trial(trial, *args, **kwargs)
-        else:
-            histories = super().run_trial(trial, *args, **kwargs)
+        finally:
+            progress.close_live_lines()  # a failed trial skips the callback's on_train_end
         history = histories[-1] if isinstance(histories, list) and histories else None
         model = getattr(history, "model", None)
         record = {
@@ -129,8 +151,44 @@ class BayesianOptimizationOracle(ktcompat.InitialFirst, kt.oracles.BayesianOptim
     """keras-tuner's Bayesian oracle; `initial` configurations are its first initial points."""
 
 
+def hyperband_trials(max_epochs: int, factor: int, iterations: float = 1) -> int | None:
+    """The trials keras-tuner's Hyperband runs: the sizes of its brackets' rounds, summed.
+
+    keras-tuner 1.4's `HyperbandOracle` runs `iterations` times a series of
+    brackets (one per power of `factor` up to `max_epochs`); bracket `b` runs
+    rounds `0..b` of `ceil(ceil(1 + log_factor(max_epochs)) / (b + 1) * factor^(b - r))`
+    models each (`_get_size`), the best of each round going on to the next with
+    `factor` times the epochs. A search whose space runs out of new
+    configurations, or whose trials fail, runs fewer; never more.
+
+    Args:
+        max_epochs, factor, iterations: as keras-tuner's `Hyperband`
+            (`iterations` inf or 0: no end, returns None).
+
+    Example:
+        >>> hyperband_trials(10, 3), hyperband_trials(2, 3), hyperband_trials(2, 3, 2)
+        (30, 2, 4)
+    """
+    if not iterations or math.isinf(iterations):
+        return None
+    brackets, epochs = 0, max_epochs
+    while epochs >= 1:  # HyperbandOracle._get_num_brackets with min_epochs 1
+        epochs /= factor
+        brackets += 1
+    last_round = math.ceil(1 + math.log(max_epochs, factor))
+    per_iteration = sum(math.ceil(last_round / (bracket + 1) * factor ** (bracket - round_))
+                        for bracket in range(brackets) for round_ in range(bracket + 1))
+    return per_iteration * int(iterations)
+
+
 class HyperbandOracle(ktcompat.InitialFirst, kt.oracles.HyperbandOracle):
     """keras-tuner's Hyperband oracle; `initial` configurations are its first candidates.
+
+    Its `max_trials` is the number of trials its brackets run
+    (`hyperband_trials`), or the `max_trials` given if smaller, so that
+    `remaining_trials()` and a progress line's total are true. On a resumed
+    search the `hyperband_iterations` given win over the saved ones: raising
+    them runs more brackets after the saved ones have ended.
 
     Args:
         max_trials: stop creating trials after this many (None: when the
@@ -139,7 +197,16 @@ class HyperbandOracle(ktcompat.InitialFirst, kt.oracles.HyperbandOracle):
 
     def __init__(self, *args, max_trials: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.max_trials = max_trials
+        budget = hyperband_trials(self.max_epochs, self.factor, self.hyperband_iterations)
+        if budget is None:
+            self.max_trials = max_trials
+        else:
+            self.max_trials = budget if max_trials is None else min(max_trials, budget)
+
+    def set_state(self, state):
+        iterations = self.hyperband_iterations
+        super().set_state(state)
+        self.hyperband_iterations = iterations
 
 
 class RandomSearch(RecordingTuner, kt.RandomSearch):
@@ -215,8 +282,35 @@ TUNER_CLASSES: dict[str, type] = {
 }
 
 
+def trial_epochs(options: SearchOptions, space=None) -> int:
+    """The epochs of a trial (Hyperband's most): `options.epochs`, else the space's (else 10)."""
+    return options.epochs or (space.fixed_value("train", "epochs", 10) if space else 10)
+
+
+def planned_trials(options: SearchOptions, epochs: int) -> int:
+    """The trials a search of `options` runs: `max_trials`, or fewer for Hyperband's brackets."""
+    if options.tuner == "hyperband":
+        return min(options.max_trials, hyperband_trials(
+            epochs, options.hyperband_factor, options.hyperband_iterations))
+    return options.max_trials
+
+
+@contextlib.contextmanager
+def _reload_line_dropped() -> Iterator[None]:
+    """keras-tuner prints `Reloading Tuner from <file>` when a tuner resumes its project
+    (a `print` in `BaseTuner.__init__`): a line per trial when every trial runs in
+    its own process. Everything else printed meanwhile is passed on."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        sys.stdout.write("".join(line for line in printed.getvalue().splitlines(keepends=True)
+                                 if not line.startswith("Reloading Tuner from ")))
+
+
 def make_tuner(options: SearchOptions | str, hypermodel, directory: str | os.PathLike,
-               *, project_name: str = PROJECT, **fields) -> kt.Tuner:
+               *, project_name: str = PROJECT, verbose: int = 1, **fields) -> kt.Tuner:
     """The tuner of a run: `options.tuner`'s class with the options that feed it.
 
     Args:
@@ -225,6 +319,7 @@ def make_tuner(options: SearchOptions | str, hypermodel, directory: str | os.Pat
         hypermodel: usually a `ResNetHyperModel`.
         directory: where keras-tuner keeps its project.
         project_name: the project folder in `directory`.
+        verbose: 2 lets keras-tuner's own `Reloading Tuner from ...` line through.
         **fields: `SearchOptions` fields to replace (e.g. `max_trials=5, epochs=3`).
             `epochs` None takes the space's (default 10).
 
@@ -238,11 +333,11 @@ def make_tuner(options: SearchOptions | str, hypermodel, directory: str | os.Pat
     elif fields:
         options = dataclasses.replace(options, **fields)
     options.validate(paths=False)
-    space = getattr(hypermodel, "space", None)
-    epochs = options.epochs or (space.fixed_value("train", "epochs", 10) if space else 10)
-    tuner = TUNER_CLASSES[options.tuner](
-        hypermodel, objective="val_accuracy", directory=str(directory),
-        project_name=project_name, **options.tuner_arguments(epochs=epochs))
-    tuner.progress_total = options.max_trials
+    epochs = trial_epochs(options, getattr(hypermodel, "space", None))
+    with contextlib.nullcontext() if verbose >= 2 else _reload_line_dropped():
+        tuner = TUNER_CLASSES[options.tuner](
+            hypermodel, directory=str(directory), project_name=project_name,
+            **options.tuner_arguments(epochs=epochs))
+    tuner.progress_total = tuner.oracle.max_trials  # Hyperband: what its brackets run
     tuner.trial_epochs = epochs  # what each trial trains for (Hyperband: at most)
     return tuner
