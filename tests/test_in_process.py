@@ -28,6 +28,7 @@ SPACE = {
 }
 
 
+@pytest.mark.slow  # two 3-4-6-3 ResNets: ~1-4 min on 2 cores
 def test_a_multi_trial_search_in_one_process_completes(tmp_path):
     """The reporter's configurations, a ragged image count (301 = 9 x 32 + 13), one process."""
     script = textwrap.dedent(f"""
