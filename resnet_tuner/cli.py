@@ -261,7 +261,8 @@ def cmd_predict(args) -> int:
     import numpy as np
 
     from resnet_tuner.data import ImageError, load_image
-    from resnet_tuner.export import class_probabilities, load_bundle
+    from resnet_tuner.export import load_bundle
+    from resnet_tuner.metrics import class_probabilities
 
     bundle = load_bundle(args.bundle)
     size = tuple(bundle["config"]["image_size"])
