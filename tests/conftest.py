@@ -10,6 +10,22 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test starts from the same environment variables.
+
+    The CLI sets keras-tuner's KERASTUNER_* variables for `--chief` / `--worker`
+    (in-process, as a chief's or worker's process needs them); left over, they
+    would make the next in-process search a chief that waits for workers.
+    `monkeypatch.delenv` of an unset variable would not undo that.
+    """
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
 def _fresh_keras_session():
     """Each test starts from an empty Keras graph so layer names stay deterministic."""
     import keras

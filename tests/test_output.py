@@ -83,6 +83,7 @@ def test_a_search_prints_its_own_lines_and_nothing_else(search):
     assert re.search(r"(?m)^best model exported to .*: test accuracy ", printed)
 
 
+@pytest.mark.slow  # end to end, 20-55 s: CI's slow step runs it
 def test_hyperband_prints_the_trials_it_runs_and_more_iterations_run_more(search):
     first = search["first"]
     assert first.returncode == 0, first.stdout[-3000:]
@@ -219,3 +220,18 @@ def test_on_a_terminal_the_line_updates_and_is_gone_after_the_trial():
     tiny_fit(callback)
     assert "epoch 1/2:" not in out.getvalue() and progress._LIVE == []
     assert callback._bar is None
+
+
+def test_a_workers_line_gives_the_score_of_the_trial_it_ran():
+    """A worker's trial has no score of its own (the chief's oracle sets it): the line
+    reads the objective's best value from the trial's metrics, in its direction."""
+    from keras_tuner.src.engine import trial as trial_module
+
+    trial = trial_module.Trial(kt.HyperParameters(), trial_id="3")
+    assert progress.worker_line("w1", trial, "val_accuracy").endswith("val_accuracy=RUNNING")
+    for step, (acc, loss) in enumerate([(0.5, 0.9), (0.75, 0.4), (0.625, 0.6)]):
+        trial.metrics.update("val_accuracy", acc, step=step)
+        trial.metrics.update("val_loss", loss, step=step)
+    assert progress.worker_line("w1", trial, "val_accuracy") == \
+        "worker w1: trial 3 val_accuracy=0.7500"
+    assert progress.worker_line("w1", trial, "val_loss").endswith("val_loss=0.4000")

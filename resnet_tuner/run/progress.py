@@ -64,7 +64,16 @@ def plan_line(options, total: int, epochs: int, done: int) -> str:
 
 def worker_line(tuner_id: str, trial, objective: str) -> str:
     """A worker's line for a trial it ran (the chief prints the search's progress)."""
-    return f"worker {tuner_id}: trial {trial.trial_id} {objective}={_score(trial)}"
+    # A worker's copy of the trial has no score (the chief's oracle computes it):
+    # read the objective from the trial's own metrics.
+    best = None
+    try:
+        if trial.metrics.exists(objective):
+            best = trial.metrics.get_best_value(objective)
+    except Exception:  # a metric of another shape: fall back to the status
+        best = None
+    score = f"{best:.4f}" if best is not None else _score(trial)
+    return f"worker {tuner_id}: trial {trial.trial_id} {objective}={score}"
 
 
 def search_line(oracle, trial, *, started: float, done_before: int, total: int | None,
