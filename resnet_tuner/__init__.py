@@ -41,6 +41,7 @@ _EXPORTS = {
     "make_tuner": "resnet_tuner.run.tuners",
     "run_search": "resnet_tuner.run.search",
     "load_run": "resnet_tuner.run.search",
+    "MlflowLogger": "resnet_tuner.tracking",
 }
 _SUBMODULES = ("datasets",)
 

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from resnet_tuner import formats
+
 #: The file listing every file of the image folder that was not used, and why.
 SKIPPED_FILE = "skipped.json"
 
@@ -92,6 +94,34 @@ def epochs_line(trial: dict[str, Any] | None, train_config: dict[str, Any] | Non
     if train_config:
         return f"- Epochs: {train_config['epochs']} (the training configuration's setting)"
     return "- Epochs: not recorded"
+
+
+def precision_line(config: dict[str, Any], trial: dict[str, Any] | None) -> str:
+    """The dtype policy and devices the weights were trained with."""
+    precision = (trial or {}).get("precision") or config.get("precision", "float32")
+    text = f"- Precision: `{precision}` (Keras dtype policy"
+    if precision != "float32":
+        text += ("; weights float32, layers compute in 16 bits, the classifier in float32; "
+                 "`model.keras` keeps this policy, `saved_model/` and `model.tflite` compute "
+                 "in float32")
+    text += ")"
+    replicas = (trial or {}).get("replicas")
+    if replicas and replicas > 1:
+        text += (f"; trained on {replicas} replicas (tf.distribute.MirroredStrategy), global "
+                 f"batch {trial['batch_size']} ({trial['batch_size_per_replica']} per replica)")
+    return text
+
+
+def results_head(metrics: dict[str, Any], top5: str = "") -> str:
+    """The results section's title and accuracy line: of the test split, or said plainly
+    to be the validation split's when there is none (`metrics["note"]`)."""
+    figures = f"{100 * metrics['accuracy']:.2f} % on {metrics['images']} images{top5}."
+    if metrics.get("split", "test") == "test":
+        return ("## Test results (held-out test split, never seen by the search)\n"
+                f"Accuracy {figures}")
+    note = metrics.get("note", "no test split")
+    return (f"## Validation results (no test split)\n**{note[0].upper()}{note[1:]}.**\n\n"
+            f"Validation accuracy {figures}")
 
 
 # The exact rule of `resnet_tuner.data.decode` (`decode_image`, `_resize_to`,
@@ -197,13 +227,8 @@ def model_card(*, name: str, params: int, data, config: dict[str, Any],
     else:
         source = (f"- Source: `{data.root}`; split seed {data.seed}, split {data.split} "
                   f"(`manifest.json` lists every file's split).")
-    tflite = metrics.get("tflite", {})
-    if tflite.get("converted"):
-        lite = (f"TFLite agrees with Keras on {100 * tflite['top1_agreement']:.1f} % of test "
-                f"top-1 predictions (max probability difference "
-                f"{tflite['max_abs_probability_diff']:.2g}).")
-    else:
-        lite = f"TFLite conversion failed, so no model.tflite: {tflite.get('error')}"
+    deployed = formats.card_section(metrics.get("formats", {}), config["image_size"],
+                                    config["resize"], bool(config.get("binary")))
     top5 = (f", top-5 accuracy {100 * metrics['top5_accuracy']:.2f} %"
             if "top5_accuracy" in metrics else "")
     space_text = json.dumps(space.to_dict(), indent=1) if space is not None else "n/a"
@@ -230,6 +255,7 @@ A ResNet found by resnet_tuner.
 - Space: `{getattr(space, "source", "n/a")}`
 - Best trial: {json.dumps(trial)}
 {epochs_line(trial, train_config)}
+{precision_line(config, trial)}
 - Hyperparameters: `{json.dumps(hyperparameters)}`
 - Training: `{json.dumps(train_config)}`
 
@@ -247,10 +273,8 @@ A ResNet found by resnet_tuner.
 {json.dumps(config["model"], indent=1)}
 ```
 
-## Test results (held-out test split, never seen by the search)
-Accuracy {100 * metrics["accuracy"]:.2f} % on {metrics["images"]} images{top5}.
+{results_head(metrics, top5)}
 Per-class precision, recall and F1 and the confusion matrix are in `metrics.json`.
-{lite}
 
 ## How to load
 ```python
@@ -259,9 +283,11 @@ model = keras.saving.load_model("model.keras", safe_mode=True)
 probs = model.predict(uint8_images)  # (N, {height}, {width}, 3)
 ```
 `model.keras` holds no optimizer state (it loads without warnings); compile it to
-train further. Without resnet_tuner: `tf.saved_model.load("saved_model").serve(uint8_images)`,
-or `tf.lite.Interpreter("model.tflite")`. From the command line:
-`resnet-tuner predict <bundle> <images>`.
+train further. Without resnet_tuner: the deployment formats below. From the command
+line: `resnet-tuner predict <bundle> <images>`.
+
+## Deployment formats
+{deployed}
 
 ## Preprocessing
 {preprocessing_section(config["image_size"], config["resize"])}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -52,6 +53,23 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _formats(text: str) -> tuple[str, ...]:
+    """`--formats`: known names, each installable here (checked before any training)."""
+    from resnet_tuner.formats import check_formats
+
+    try:
+        return check_formats(text)
+    except (ValueError, ImportError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_formats(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--formats", type=_formats, default=None, metavar="LIST",
+                        help="deployment formats written beside model.keras, comma-separated: "
+                             "saved_model, litert, onnx (the onnx extra), openvino (the "
+                             "openvino extra), or all (default: saved_model,litert)")
+
+
 def _common() -> argparse.ArgumentParser:
     """The arguments of every command."""
     common = argparse.ArgumentParser(add_help=False)
@@ -84,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run trials in fresh processes of N trials each, so memory that "
                              "TensorFlow keeps after a trial is given back (default: 1; 0 runs "
                              "every trial in this process)")
+    _add_formats(search)
     cluster = search.add_argument_group(
         "distributed search",
         "Run one chief and any number of workers that share --out (keras-tuner's chief/worker "
@@ -100,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--worker-timeout", type=_positive_float, default=60.0, metavar="S",
                          help="seconds of silence after which the chief counts a worker as lost "
                               "and gives its trial to another (default: 60)")
+    cluster.add_argument("--token-file", metavar="PATH",
+                         help="chief and workers: a file holding a shared secret (e.g. openssl "
+                              "rand -hex 32 > PATH); the chief serves only workers sending it")
+    cluster.add_argument("--tls-cert", metavar="PEM",
+                         help="chief: its TLS certificate (workers then need --tls-ca)")
+    cluster.add_argument("--tls-key", metavar="PEM",
+                         help="chief: the unencrypted private key of --tls-cert")
+    cluster.add_argument("--tls-ca", metavar="PEM",
+                         help="worker: the CA certificate(s) the chief's certificate must be "
+                              "signed by (the chief's own certificate if self-signed)")
 
     export = commands.add_parser(
         "export", parents=common, help="export the best model of a run again",
@@ -109,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--to", required=True, metavar="DIR", help="bundle directory")
     export.add_argument("--refit", action="store_true",
                         help="retrain the best configuration on train+val first")
+    _add_formats(export)
 
     predict = commands.add_parser(
         "predict", parents=common, help="classify images with an exported bundle",
@@ -127,6 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.add_argument("--to", default=None, help="report folder (default: RUN_DIR/report)")
+
+    trials = commands.add_parser(
+        "trials", parents=common, help="list a run's trials, best first (also while it runs)",
+        description="Print every trial of RUN_DIR, best first by the run's objective: status "
+                    "and failure reason, objective value, epochs, time, parameters and "
+                    "hyperparameters. Reads the trial files only, so it works while the "
+                    "search runs.",
+    )
+    trials.add_argument("run_dir", metavar="RUN_DIR")
+    trials_format = trials.add_mutually_exclusive_group()
+    trials_format.add_argument("--csv", action="store_true",
+                               help="CSV: one row per trial, a column per hyperparameter")
+    trials_format.add_argument("--json", action="store_true", help="a JSON list of trials")
 
     demo = commands.add_parser(
         "demo", parents=common,
@@ -163,7 +206,7 @@ def _verbosity(args) -> int:
 
 
 def _search_and_export(options, trials_per_process: int = 0, verbose: int = 1,
-                       **search_kwargs) -> tuple:
+                       formats=None, **search_kwargs) -> tuple:
     from resnet_tuner.run.processes import run_search_in_processes
     from resnet_tuner.run.search import load_run, run_search
 
@@ -173,34 +216,42 @@ def _search_and_export(options, trials_per_process: int = 0, verbose: int = 1,
         tuner, data, _ = load_run(options.out, verbose)
     else:
         tuner, data = run_search(options, verbose, **search_kwargs)
-    bundle, metrics = _export(tuner, Path(options.out) / "best", data)
+    bundle, metrics = _export(tuner, Path(options.out) / "best", data, formats=formats)
+    if options.mlflow:  # the bundle goes to the best trial's run
+        from resnet_tuner.tracking import MlflowLogger, mlflow_experiment
+
+        MlflowLogger(options.mlflow, mlflow_experiment(options)).log_bundle(bundle, tuner)
     return bundle, metrics, time.time() - started
 
 
-def _export(tuner, to, data, refit: bool = False) -> tuple[Path, dict]:
-    """Exports the best model; says so when the bundle lacks model.tflite."""
+def _export(tuner, to, data, refit: bool = False, formats=None) -> tuple[Path, dict]:
+    """Exports the best model; says so for each format the bundle lacks."""
     import warnings
 
     from resnet_tuner.export import ExportWarning, export_best
+    from resnet_tuner.formats import failure_line
 
-    # TFLite's converter and interpreter write their notices to stderr from C++.
+    # The converters and runtimes (LiteRT, tf2onnx, OpenVINO) write notices to stderr from C++.
     with warnings.catch_warnings(), console.native_logs_dropped():
         warnings.simplefilter("ignore", ExportWarning)  # printed below, as one line
-        bundle = export_best(tuner, to, data=data, refit=refit)
+        bundle = export_best(tuner, to, data=data, refit=refit, formats=formats)
     metrics = json.loads((bundle / "metrics.json").read_text())
-    if not metrics["tflite"]["converted"]:
-        print(console.warning_line(
-            f"TFLite conversion failed, so {bundle} has no model.tflite (model.keras and "
-            f"saved_model/ are fine): {metrics['tflite']['error']}"), file=sys.stderr)
+    for name, record in metrics.get("formats", {}).items():
+        if not record["converted"]:
+            print(console.warning_line(failure_line(name, record, str(bundle))),
+                  file=sys.stderr)
     return bundle, metrics
 
 
 def cmd_search(args) -> int:
-    from resnet_tuner.run import distribute
+    from resnet_tuner.run import auth, distribute
     from resnet_tuner.run.options import SearchOptions
 
     distribute.configure(chief=args.chief, worker=args.worker, worker_id=args.worker_id)
-    timeouts = {"connect_timeout": args.connect_timeout, "worker_timeout": args.worker_timeout}
+    credentials = auth.Credentials.from_args(args)
+    credentials.check(distribute.role())  # before any data is read
+    timeouts = {"connect_timeout": args.connect_timeout, "worker_timeout": args.worker_timeout,
+                "credentials": credentials}
     options = SearchOptions.from_args(args)
     if distribute.role() == "worker":
         from resnet_tuner.run.search import run_search
@@ -210,9 +261,10 @@ def cmd_search(args) -> int:
         return 0
     per_process = args.trials_per_process if distribute.role() is None else 0
     bundle, metrics, seconds = _search_and_export(options, per_process, _verbosity(args),
-                                                  **timeouts)
-    print(f"best model exported to {bundle}: test accuracy {100 * metrics['accuracy']:.2f} % "
-          f"({seconds:.0f} s)")
+                                                  formats=args.formats, **timeouts)
+    from resnet_tuner.metrics import accuracy_text
+
+    print(f"best model exported to {bundle}: {accuracy_text(metrics)} ({seconds:.0f} s)")
     return 0
 
 
@@ -236,8 +288,10 @@ def cmd_export(args) -> int:
     from resnet_tuner.run.search import load_run
 
     tuner, data, _ = load_run(args.run_dir, _verbosity(args))
-    bundle, metrics = _export(tuner, args.to, data, refit=args.refit)
-    print(f"exported to {bundle}: test accuracy {100 * metrics['accuracy']:.2f} %")
+    bundle, metrics = _export(tuner, args.to, data, refit=args.refit, formats=args.formats)
+    from resnet_tuner.metrics import accuracy_text
+
+    print(f"exported to {bundle}: {accuracy_text(metrics)}")
     return 0
 
 
@@ -257,6 +311,17 @@ def _image_paths(items: list[str]) -> list[Path]:
     return paths
 
 
+def _training_limits(bundle_dir: Path) -> dict:
+    """`min_size` and `max_pixels` of the images the model trained on (the bundle's manifest).
+
+    `predict` refuses what training skipped (e.g. a 4x4 image), with the reason
+    the skipped list gives.
+    """
+    path = Path(bundle_dir) / "manifest.json"
+    manifest = json.loads(path.read_text("utf-8")) if path.is_file() else {}
+    return {key: manifest[key] for key in ("min_size", "max_pixels") if manifest.get(key)}
+
+
 def cmd_predict(args) -> int:
     import numpy as np
 
@@ -267,10 +332,11 @@ def cmd_predict(args) -> int:
     bundle = load_bundle(args.bundle)
     size = tuple(bundle["config"]["image_size"])
     resize = bundle["config"].get("resize", "stretch")
+    limits = _training_limits(bundle["path"])
     rows, images = [], []
     for path in _image_paths(args.images):
         try:
-            images.append(load_image(path, size, resize))
+            images.append(load_image(path, size, resize, **limits))
             rows.append({"image": str(path)})
         except ImageError as err:
             rows.append({"image": str(path), "error": str(err)})
@@ -306,6 +372,25 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_list_trials(args) -> int:
+    """`resnet-tuner trials RUN_DIR`: a table, CSV or JSON (no TensorFlow loaded)."""
+    from resnet_tuner.run import trials as listing
+
+    rows = listing.read_trials(args.run_dir)
+    if args.json:
+        print(listing.json_text(rows))
+    elif args.csv:
+        sys.stdout.write(listing.csv_text(rows))
+    else:
+        objective, direction = listing.objective_of(args.run_dir)
+        better = "higher" if direction == "max" else "lower"
+        print(f"{args.run_dir}: best first by {objective} ({better} is better)")
+        for line in listing.table_lines(rows, objective, listing.terminal_width(sys.stdout)):
+            print(line)
+        print(listing.summary_line(rows, listing.disk_usage(args.run_dir)))
+    return 0
+
+
 def cmd_trials(args) -> int:
     """One process of a search run in fresh processes (see `run_search_in_processes`)."""
     from resnet_tuner.run.options import SearchOptions
@@ -323,7 +408,10 @@ def cmd_trials(args) -> int:
 
 
 COMMANDS = {"search": cmd_search, "export": cmd_export, "predict": cmd_predict,
-            "report": cmd_report, "demo": cmd_demo, "_trials": cmd_trials}
+            "report": cmd_report, "demo": cmd_demo, "_trials": cmd_trials,
+            "trials": cmd_list_trials}
+#: Commands that read files only: they run without loading TensorFlow.
+LIGHT_COMMANDS = ("trials",)
 
 #: A library message's wording -> the command line's (the fix is a flag there).
 _SPLIT_EXAMPLE = re.compile(r"change split \(e\.g\. \(([\d.]+), ([\d.]+), ([\d.]+)\)\)")
@@ -342,7 +430,22 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args = build_parser().parse_args(argv)
     with console.command_output(verbose=args.verbose):
+        if args.command in LIGHT_COMMANDS:
+            return _run_light(args)
         return _run(args)
+
+
+def _run_light(args) -> int:
+    """`_run` for `LIGHT_COMMANDS`: the same errors, without TensorFlow."""
+    try:
+        return COMMANDS[args.command](args)
+    except BrokenPipeError:  # `resnet-tuner trials RUN | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (Python's exit flush must not fail)
+        return 0
+    except (CLIError, ValueError, FileNotFoundError, NotADirectoryError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"resnet-tuner: error: {message}", file=sys.stderr)
+        return 2
 
 
 def _run(args) -> int:
@@ -352,6 +455,7 @@ def _run(args) -> int:
     from resnet_tuner.run.processes import SearchProcessError
     from resnet_tuner.run.rundir import RunInUseError
     from resnet_tuner.space import SpaceError
+    from resnet_tuner.tracking import TrackingUnavailableError
 
     try:
         return COMMANDS[args.command](args)
@@ -362,7 +466,8 @@ def _run(args) -> int:
               file=sys.stderr)
         return 130
     except (CLIError, SpaceError, ValueError, FileNotFoundError, NotADirectoryError,
-            WeightsUnavailableError, ChiefUnreachableError, RunInUseError) as err:
+            WeightsUnavailableError, ChiefUnreachableError, RunInUseError,
+            TrackingUnavailableError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"resnet-tuner: error: {_cli_wording(message)}", file=sys.stderr)
         return 2

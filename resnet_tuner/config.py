@@ -37,6 +37,9 @@ FLIP_MODES = ("none", "horizontal", "vertical", "both")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 LR_SCHEDULES = ("cosine", "constant")
 TUNERS = ("hyperband", "random", "bayesian", "grid")
+#: Keras dtype policies a model can train with (`build_resnet(precision=...)`);
+#: `"auto"` is resolved to one of them by `resnet_tuner.devices.resolve_precision`.
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 #: Inclusive bounds of the numeric fields of `ResNetConfig` and `TrainConfig`
 #: (of every entry for `stage_depths` and `stage_widths`).

@@ -3,12 +3,18 @@
     best/
       model.keras          Keras model; `keras.saving.load_model(p, safe_mode=True)`
       saved_model/         TensorFlow SavedModel, `serve` / `serving_default` take uint8
-      model.tflite         TFLite conversion (agreement with Keras in metrics.json)
+      model.tflite         LiteRT (TFLite)
+      model.onnx           ONNX, with formats=("onnx", ...) (the `onnx` extra)
+      model.xml, .bin      OpenVINO IR, with formats=("openvino", ...) (the `openvino` extra)
+                           Which formats: `formats=` (default saved_model + litert);
+                           each written by Keras' exporter and checked with its own
+                           runtime, agreement with Keras in metrics.json (`resnet_tuner.formats`)
       classes.json         class names, index = model output
       config.json          ResNetConfig + input shape, classes, resize mode
       hyperparameters.json the trial's hyperparameters and TrainConfig
       manifest.json        which image was in which split
-      metrics.json         held-out test metrics (scikit-learn)
+      metrics.json         held-out test metrics (scikit-learn); with no test split,
+                           the validation split's, `"split": "val"` and a `"note"`
       skipped.json         every file of the image folder that was not used, and why
       MODEL_CARD.md        what it is, how it was made, how to load it and
                            preprocess images (text in `resnet_tuner.card`)
@@ -19,15 +25,13 @@ interrupted export never leaves half a bundle over an earlier one.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import inspect
-import io
 import json
 import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +39,9 @@ import keras
 import numpy as np
 
 from resnet_tuner import card
+from resnet_tuner import formats as _formats
 from resnet_tuner.config import ResNetConfig, TrainConfig
-from resnet_tuner.metrics import class_probabilities, held_out_metrics
+from resnet_tuner.metrics import class_probabilities, held_out_metrics  # noqa: F401 (read here)
 
 
 class ExportWarning(UserWarning):
@@ -51,7 +56,8 @@ def _best_model(tuner):
 
 
 def export_best(tuner, directory: str | os.PathLike, data=None, *, test=None,
-                class_names=None, refit: bool = False, verbose: int = 0) -> Path:
+                class_names=None, refit: bool = False, verbose: int = 0,
+                formats: str | Sequence[str] | None = None) -> Path:
     """Exports the best model of a finished search as a bundle.
 
     Args:
@@ -68,6 +74,10 @@ def export_best(tuner, directory: str | os.PathLike, data=None, *, test=None,
         refit: retrain the best configuration on train + val for the epochs
             the best trial trained, instead of exporting the trial's weights
             (needs `data`).
+        formats: the deployment formats written beside `model.keras`: names
+            among `saved_model`, `litert`, `onnx`, `openvino` (a list or a
+            comma-separated string) or `"all"`; default `saved_model` and
+            `litert` (see `resnet_tuner.formats`).
 
     Returns:
         The bundle directory.
@@ -75,7 +85,9 @@ def export_best(tuner, directory: str | os.PathLike, data=None, *, test=None,
     Raises:
         ValueError: the search has no completed trial, neither or both of
             `data` and `test` are given, `test` does not fit the model, or
-            `refit` without `data`.
+            `refit` without `data`; an unknown format.
+        FormatUnavailableError: a requested format's packages are not
+            installed (checked before anything is trained or written).
 
     Example:
         >>> tuner.search(x_train, y_train, validation_data=(x_val, y_val))
@@ -88,6 +100,7 @@ def export_best(tuner, directory: str | os.PathLike, data=None, *, test=None,
         )
     trial = best_trials[0]
     hypermodel = tuner.hypermodel
+    formats = _formats.check_formats(formats)
     if refit and data is None:
         raise ValueError("refit=True retrains on the search's train and val splits, so it needs "
                          "data= (an ImageFolder); with test= arrays export the trial's weights.")
@@ -97,20 +110,22 @@ def export_best(tuner, directory: str | os.PathLike, data=None, *, test=None,
     epochs, source = trained_epochs(tuner, trial, train_cfg.epochs)
     train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
     if refit:
-        model = refit_model(model_cfg, train_cfg, data, epochs=epochs, verbose=verbose)
+        model = refit_model(model_cfg, train_cfg, data, epochs=epochs, verbose=verbose,
+                            precision=getattr(hypermodel, "precision", "float32"))
     else:
         model = _best_model(tuner)
     values = trial.hyperparameters.values
     info = {"trial_id": trial.trial_id, "score": trial.score,
             "objective": tuner.oracle.objective.name, "refit": refit,
-            "epochs": epochs, "epochs_source": source}
+            "epochs": epochs, "epochs_source": source,
+            **_training_record(tuner, trial, train_cfg.batch_size, refit)}
     if not refit and values.get("tuner/initial_epoch"):
         info["initial_epoch"] = int(values["tuner/initial_epoch"])
         info["continued_from"] = values.get("tuner/trial_id")
     return export_model(model, directory, data=data, model_config=model_cfg,
                         train_config=train_cfg, hyperparameters=dict(values),
                         space=getattr(hypermodel, "space", None), trial=info,
-                        skipped=list(data.skipped) or _run_skipped(tuner))
+                        skipped=list(data.skipped) or _run_skipped(tuner), formats=formats)
 
 
 def trained_epochs(tuner, trial, default: int) -> tuple[int, str]:
@@ -207,9 +222,20 @@ def _data_of(data, test, class_names, input_shape, num_classes):
                      names, x.shape[1:3], resize=None, root=None, split="test arrays")
 
 
+def _training_record(tuner, trial, batch_size: int, refit: bool) -> dict[str, Any]:
+    """The trial's dtype policy, replicas and batch; a refit trains on one device."""
+    from resnet_tuner.devices import training_record
+
+    if hasattr(tuner, "training_record") and not refit:  # our tuners
+        return tuner.training_record(trial)
+    return training_record(getattr(tuner.hypermodel, "precision", "float32"),
+                           None if refit else tuner.distribution_strategy, batch_size)
+
+
 def refit_model(model_cfg: ResNetConfig, train_cfg: TrainConfig, data, epochs: int,
-                verbose: int = 0) -> keras.Model:
-    """Trains `model_cfg` from scratch on train + val (the test split stays held out).
+                verbose: int = 0, precision: str = "float32") -> keras.Model:
+    """Trains `model_cfg` from scratch on train + val (the test split stays held out),
+    with the dtype policy `precision` (`build_resnet`), on one device.
 
     The two splits are shuffled together into full batches, as a trial's
     training set is (every training step has one shape; see `ImageData.dataset`).
@@ -219,7 +245,7 @@ def refit_model(model_cfg: ResNetConfig, train_cfg: TrainConfig, data, epochs: i
     from resnet_tuner.model import build_resnet
     from resnet_tuner.training import compile_model, schedule_callbacks
 
-    model = build_resnet(model_cfg, data.input_shape, data.num_classes)
+    model = build_resnet(model_cfg, data.input_shape, data.num_classes, precision=precision)
     compile_model(model, train_cfg, data.num_classes)
     batch = train_cfg.batch_size
     images = sum(sum(data.counts[split].values()) for split in ("train", "val"))
@@ -250,13 +276,16 @@ def export_model(
     space=None,
     trial: dict[str, Any] | None = None,
     skipped=None,
+    formats: str | Sequence[str] | None = None,
 ) -> Path:
     """Writes the bundle for `model` (see the module docstring); returns its path.
 
     The held-out test images come from `data` (an `ImageData`) or, as in
     `export_best`, from `test=(x_test, y_test)` with `class_names`. `skipped`
-    (`[(path, reason), ...]`) defaults to `data.skipped`.
+    (`[(path, reason), ...]`) defaults to `data.skipped`. `formats` as in
+    `export_best`.
     """
+    formats = _formats.check_formats(formats)
     outputs = int(model.outputs[0].shape[-1])
     data = _data_of(data, test, class_names, tuple(model.input_shape[1:]),
                     2 if outputs == 1 else outputs)
@@ -266,7 +295,7 @@ def export_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         _write_bundle(model, staging, data, model_config, train_config, hyperparameters, space,
-                      trial, skipped)
+                      trial, skipped, formats)
         _swap_into_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -295,7 +324,10 @@ def serving_model(model: keras.Model, model_config: ResNetConfig, input_shape,
 
     Augmentation is the identity at inference, but Keras' random layers still
     put random-number ops in the traced graph, which TFLite cannot run. The
-    copy shares no state with `model`; weights are copied layer by layer.
+    copy shares no state with `model`; weights are copied layer by layer. It
+    computes in float32 whatever `model`'s dtype policy (the weights are
+    float32 under every policy), so the SavedModel and TFLite files run
+    everywhere; `model.keras` keeps the training policy.
     """
     from resnet_tuner.model import build_resnet
     from resnet_tuner.model.augment import without_augmentation
@@ -319,31 +351,36 @@ def _swap_into_place(staging: Path, target: Path) -> None:
 
 
 def _write_bundle(model, folder: Path, data, model_config, train_config, hyperparameters,
-                  space, trial, skipped) -> None:
+                  space, trial, skipped, formats=_formats.DEFAULT_FORMATS) -> None:
     input_shape = tuple(int(d) for d in model.input_shape[1:])
     height, width = input_shape[:2]
-    x_test, y_test = data.arrays("test")
+    # Without a test split (its fraction 0) the figures are the validation split's, said so.
+    evaluated = "test" if len(data.labels("test")) else "val"
+    x_test, y_test = data.arrays(evaluated)
     without_optimizer(model).save(folder / "model.keras")
     probs = model.predict(x_test, verbose=0, batch_size=64)
-    metrics = held_out_metrics(probs, y_test, data.class_names)
+    metrics = held_out_metrics(probs, y_test, data.class_names, split=evaluated,
+                               refit=bool((trial or {}).get("refit")))
+    from resnet_tuner.model import precision_of
 
-    saved_model = folder / "saved_model"
+    precision = precision_of(model)
+    metrics["precision"] = precision  # the policy these figures were computed with
+
     serving = serving_model(model, model_config, input_shape, data.num_classes)
-    if "verbose" in inspect.signature(serving.export).parameters:
-        serving.export(str(saved_model), format="tf_saved_model", verbose=False)
-    else:  # Keras 3.3 (our floor) to 3.5 at least: no `verbose`, it always prints
-        with contextlib.redirect_stdout(io.StringIO()):
-            serving.export(str(saved_model), format="tf_saved_model")
-    metrics["tflite"] = _tflite(saved_model, folder / "model.tflite", x_test, probs)
-    if not metrics["tflite"]["converted"]:
-        warnings.warn(f"TFLite conversion failed, so the bundle has no model.tflite "
-                      f"(model.keras and saved_model/ are fine): {metrics['tflite']['error']}",
-                      ExportWarning, stacklevel=3)
+    metrics["formats"] = {}
+    for name in formats:  # each checked with its own runtime; a failure never fails the export
+        record = _formats.write_format(name, serving, folder, x_test, probs)
+        metrics["formats"][name] = record
+        if not record["converted"]:
+            warnings.warn(_formats.failure_line(name, record), ExportWarning, stacklevel=3)
 
     config = {
         "model": model_config.to_dict(),
         "input_shape": list(input_shape),
         "input_dtype": "uint8",
+        "output_dtype": str(model.outputs[0].dtype),
+        # The dtype policy of model.keras; saved_model/ and model.tflite compute in float32.
+        "precision": precision,
         "num_classes": data.num_classes,
         "image_size": [height, width],
         # None: the images came as arrays, resized by whoever made them.
@@ -371,35 +408,6 @@ def _write_bundle(model, folder: Path, data, model_config, train_config, hyperpa
 
 def _write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=1, ensure_ascii=False, default=str), "utf-8")
-
-
-def _tflite(saved_model: Path, path: Path, x_test: np.ndarray, keras_probs: np.ndarray) -> dict:
-    """Converts to TFLite and measures agreement with Keras; never fails the export."""
-    import tensorflow as tf
-
-    try:
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-        path.write_bytes(converter.convert())
-        interpreter = tf.lite.Interpreter(model_path=str(path))
-        inp = interpreter.get_input_details()[0]
-        out = interpreter.get_output_details()[0]
-        interpreter.resize_tensor_input(inp["index"], list(x_test.shape))
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(inp["index"], x_test.astype(inp["dtype"]))
-        interpreter.invoke()
-        lite = interpreter.get_tensor(out["index"])
-    except Exception as err:  # the converter's failures vary; the bundle stays useful
-        if path.exists():
-            path.unlink()
-        return {"converted": False, "error": f"{type(err).__name__}: {str(err)[:500]}"}
-    a, b = class_probabilities(keras_probs), class_probabilities(lite)
-    return {
-        "converted": True,
-        "file": path.name,
-        "test_images": int(len(x_test)),
-        "top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1))),
-        "max_abs_probability_diff": float(np.max(np.abs(a - b))),
-    }
 
 
 def load_bundle(directory: str | os.PathLike) -> dict[str, Any]:

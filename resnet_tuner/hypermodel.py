@@ -17,6 +17,7 @@ import keras_tuner as kt
 import numpy as np
 
 from resnet_tuner.config import ResNetConfig, TrainConfig
+from resnet_tuner.devices import resolve_precision
 from resnet_tuner.model import build_resnet
 from resnet_tuner.space import SearchSpace, load_space
 from resnet_tuner.training import EXTRA_METRICS, compile_model, schedule_callbacks
@@ -55,6 +56,12 @@ class ResNetHyperModel(kt.HyperModel):
         early_stopping: end a trial's training after this many epochs without
             a better `objective` (`keras.callbacks.EarlyStopping`); None trains
             every epoch.
+        precision: the dtype policy each trial's model trains with:
+            `"float32"` (default), `"mixed_float16"`, `"mixed_bfloat16"` or
+            `"auto"` (resolved here by `devices.resolve_precision`: mixed_float16
+            on GPUs with tensor cores, mixed_bfloat16 on CPUs with native
+            bfloat16, float32 otherwise). Inputs stay uint8 and outputs float32;
+            `self.precision` is the resolved policy.
         name: optional name of the HyperModel.
 
     Example:
@@ -78,6 +85,7 @@ class ResNetHyperModel(kt.HyperModel):
         class_weight: str | Mapping[int, float] | None = None,
         objective: str | kt.Objective = "val_accuracy",
         early_stopping: int | None = None,
+        precision: str = "float32",
         name: str | None = None,
     ):
         super().__init__(name=name, tunable=True)
@@ -117,6 +125,7 @@ class ResNetHyperModel(kt.HyperModel):
             raise ValueError("early_stopping must be a positive number of epochs or None. "
                              f"Received: early_stopping={early_stopping!r}")
         self.early_stopping = early_stopping
+        self.precision = resolve_precision(precision)
         # Fail now, not in trial 1: every default of the space must build here.
         self.configs(kt.HyperParameters())
 
@@ -133,7 +142,8 @@ class ResNetHyperModel(kt.HyperModel):
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         model_cfg, train_cfg = self.configs(hp)
-        model = build_resnet(model_cfg, self.input_shape, self.num_classes)
+        model = build_resnet(model_cfg, self.input_shape, self.num_classes,
+                             precision=self.precision)
         return compile_model(model, train_cfg, self.num_classes, self.extra_metrics)
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, x=None, y=None,

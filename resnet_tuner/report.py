@@ -1,8 +1,9 @@
 """`resnet-tuner report`: one HTML page with PNG plots of a run.
 
-Reads keras-tuner's `trial.json` files and our `history.json` per trial, and
-the best bundle's `metrics.json` and `classes.json`: nothing is retrained or
-reloaded.
+Reads the trials with `resnet_tuner.run.trials` (the reader `resnet-tuner
+trials` uses: keras-tuner's `trial.json` and our `history.json` per trial),
+the run directory's disk use, and the best bundle's `metrics.json` and
+`classes.json`: nothing is retrained or reloaded.
 
 Class names come from folder names, so they can be in any script. The
 confusion matrix draws them with the default font plus, as matplotlib's
@@ -20,44 +21,13 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from resnet_tuner.run.rundir import PROJECT, RUN_FILE
+from resnet_tuner.run.rundir import RUN_FILE
+from resnet_tuner.run.trials import disk_usage, objective_of, read_trials, size_text
 
 #: Fonts whose character map covers everything with placeholder boxes
 #: (matplotlib ships "Last Resort High-Efficiency"): drawing with them is tofu.
 PLACEHOLDER_FONTS = ("Last Resort",)
-
-
-def read_trials(run_dir: Path) -> list[dict[str, Any]]:
-    """One dict per trial: id, status, score, hyperparameters, message, history, times."""
-    trials = []
-    for trial_dir in sorted((run_dir / PROJECT).glob("trial_*")):
-        path = trial_dir / "trial.json"
-        if not path.is_file():
-            continue
-        raw = json.loads(path.read_text("utf-8"))
-        history_path = trial_dir / "history.json"
-        extra = json.loads(history_path.read_text("utf-8")) if history_path.is_file() else {}
-        message = raw.get("message") or ""
-        trials.append({
-            "id": raw.get("trial_id", trial_dir.name),
-            "status": raw.get("status"),
-            "score": raw.get("score"),
-            "values": raw.get("hyperparameters", {}).get("values", {}),
-            "reason": _reason(message),
-            "history": extra.get("history", {}),
-            "params": extra.get("params"),
-            "started": extra.get("started"),
-            "ended": extra.get("ended"),
-        })
-    return trials
-
-
-def _reason(message: str) -> str:
-    """The last line of a failure traceback: the error and its message."""
-    lines = [line for line in message.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
 
 
 # ------------------------------------------------------------------------ fonts
@@ -187,8 +157,9 @@ def write_report(run_dir: str | os.PathLike, to: str | os.PathLike | None = None
     out = Path(to) if to else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     record = json.loads((run_dir / RUN_FILE).read_text("utf-8"))
-    trials = read_trials(run_dir)
-    scored = [t for t in trials if t["score"] is not None]
+    trials = read_trials(run_dir)  # best first
+    objective, direction = objective_of(run_dir)
+    scored = [t for t in trials if t["status"] == "COMPLETED" and t["score"] is not None]
     figures: list[tuple[str, str]] = []
 
     def save(fig, name: str, caption: str) -> None:
@@ -202,18 +173,19 @@ def write_report(run_dir: str | os.PathLike, to: str | os.PathLike | None = None
         start = min((t["started"] for t in timed), default=None)
         xs = [(t["ended"] - start) / 60 for t in order] if order is timed else list(
             range(1, len(order) + 1))
-        best, running = [], -1.0
+        best, running = [], None
         for t in order:
-            running = max(running, t["score"])
+            pick = max if direction == "max" else min
+            running = t["score"] if running is None else pick(running, t["score"])
             best.append(running)
         fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
         ax.plot(xs, [t["score"] for t in order], "o", label="trial", alpha=0.7)
         ax.step(xs, best, where="post", label="best so far", color="C3")
         ax.set_xlabel("minutes since the first trial" if order is timed else "trial")
-        ax.set_ylabel("validation accuracy")
+        ax.set_ylabel(objective)
         ax.set_title("Objective per trial")
         ax.legend()
-        save(fig, "objective.png", "Validation accuracy of each trial and the best so far.")
+        save(fig, "objective.png", f"{objective} of each trial and the best so far.")
 
         sized = [t for t in scored if t["params"]]
         if sized:
@@ -221,11 +193,11 @@ def write_report(run_dir: str | os.PathLike, to: str | os.PathLike | None = None
             ax.scatter([t["params"] for t in sized], [t["score"] for t in sized], alpha=0.8)
             ax.set_xscale("log")
             ax.set_xlabel("parameters")
-            ax.set_ylabel("validation accuracy")
+            ax.set_ylabel(objective)
             ax.set_title("Accuracy against model size")
             save(fig, "accuracy_vs_params.png", "Is a bigger model worth it?")
 
-        top = max(scored, key=lambda t: t["score"])
+        top = scored[0]
         history = top["history"]
         if history:
             fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
@@ -237,13 +209,15 @@ def write_report(run_dir: str | os.PathLike, to: str | os.PathLike | None = None
                 ax.set_xlabel("epoch")
                 ax.set_title(key)
                 ax.legend()
-            save(fig, "best_curves.png", f"Training curves of the best trial ({top['id']}).")
+            save(fig, "best_curves.png",
+                 f"Training curves of the best trial ({top['trial_id']}).")
 
     best_dir = run_dir / "best"
     metrics_path = best_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text("utf-8")) if metrics_path.is_file() else None
     legend = None
     if metrics:
+        held_out = metrics.get("split", "test") == "test"  # else no test split: validation's
         matrix = metrics["confusion_matrix"]
         classes_path = best_dir / "classes.json"  # the classes of the model the matrix is of
         classes = (json.loads(classes_path.read_text("utf-8")) if classes_path.is_file()
@@ -252,27 +226,30 @@ def write_report(run_dir: str | os.PathLike, to: str | os.PathLike | None = None
             classes = [str(i) for i in range(len(matrix))]
         fig, legend = confusion_matrix_figure(
             matrix, classes,
-            f"Test confusion matrix\naccuracy {100 * metrics['accuracy']:.1f} % "
-            f"on {metrics['images']} images")
-        save(fig, "confusion_matrix.png", "Held-out test split, best exported model.")
+            f"{'Test' if held_out else 'Validation'} confusion matrix\n"
+            f"accuracy {100 * metrics['accuracy']:.1f} % on {metrics['images']} images")
+        save(fig, "confusion_matrix.png", "Held-out test split, best exported model."
+             if held_out else f"Validation split, best exported model: {metrics.get('note')}.")
 
-    page = _html(record, trials, figures, metrics, legend)
+    page = _html(record, trials, figures, metrics, legend, objective=objective,
+                 usage=disk_usage(run_dir))
     path = out / "index.html"
     path.write_text(page, "utf-8")
     return path
 
 
-def _html(record, trials, figures, metrics, legend=None) -> str:
+def _html(record, trials, figures, metrics, legend=None, *, objective="val_accuracy",
+          usage=None) -> str:
     esc = html.escape
-    names = sorted({k for t in trials for k in t["values"] if not k.startswith("tuner/")})
+    names = sorted({k for t in trials for k in t["hyperparameters"]})
     head = "".join(f"<th>{esc(n)}</th>" for n in names)
     rows = []
-    for t in sorted(trials, key=lambda t: (t["score"] is None, -(t["score"] or 0))):
-        cells = "".join(f"<td>{esc(str(t['values'].get(n, '')))}</td>" for n in names)
+    for t in trials:  # best first
+        cells = "".join(f"<td>{esc(str(t['hyperparameters'].get(n, '')))}</td>" for n in names)
         score = f"{t['score']:.4f}" if t["score"] is not None else ""
         reason = f"<br><small>{esc(t['reason'])}</small>" if t["status"] != "COMPLETED" else ""
         params = f"{t['params']:,}" if t["params"] else ""
-        rows.append(f"<tr class='{esc(str(t['status']).lower())}'><td>{esc(t['id'])}</td>"
+        rows.append(f"<tr class='{esc(str(t['status']).lower())}'><td>{esc(t['trial_id'])}</td>"
                     f"<td>{esc(str(t['status']))}{reason}</td><td>{score}</td>"
                     f"<td>{params}</td>{cells}</tr>")
     images = "".join(
@@ -293,15 +270,29 @@ def _html(record, trials, figures, metrics, legend=None) -> str:
                f"<code>{esc(str(options.get('data_dir')))}</code>")
     test = (f"<p>Best model: test accuracy <b>{100 * metrics['accuracy']:.2f} %</b> on "
             f"{metrics['images']} held-out images.</p>") if metrics else ""
+    disk = ""
+    if usage:
+        cache = ("; the decoded-image cache in it takes " + size_text(usage["cache"])
+                 if usage["cache"] is not None else
+                 f"; the decoded-image cache is outside it ({esc(usage['cache_dir'])})")
+        disk = (f"<p>Disk: the run directory takes {size_text(usage['total'])}, of which "
+                f"{usage['checkpoint_files']} trial checkpoint"
+                f"{'s' * (usage['checkpoint_files'] != 1)} {size_text(usage['checkpoints'])}; "
+                f"{usage['pruned']} checkpoint{'s' * (usage['pruned'] != 1)} pruned "
+                f"({size_text(usage['pruned_bytes'])} freed, <code>--keep-checkpoints</code>)"
+                f"{cache}.</p>")
+    if metrics and metrics.get("split", "test") != "test":  # no test split
+        test = (f"<p>Best model: validation accuracy <b>{100 * metrics['accuracy']:.2f} %</b> "
+                f"on {metrics['images']} images. <b>{esc(str(metrics.get('note')))}</b>.</p>")
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>resnet-tuner report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}
 figure{{display:inline-block;margin:0 1em 1em 0}} img{{max-width:560px}}
 table{{border-collapse:collapse;font-size:90%}} td,th{{border:1px solid #ccc;padding:3px 6px}}
 tr.failed,tr.invalid{{background:#fdd}}</style></head><body>
-<h1>resnet-tuner report</h1><p>{summary}</p>{test}
+<h1>resnet-tuner report</h1><p>{summary}</p>{test}{disk}
 {images}
 {classes}
-<h2>Trials</h2><table><tr><th>trial</th><th>status</th><th>val accuracy</th><th>parameters</th>
+<h2>Trials</h2><table><tr><th>trial</th><th>status</th><th>{esc(objective)}</th><th>parameters</th>
 {head}</tr>{''.join(rows)}</table></body></html>
 """

@@ -168,11 +168,17 @@ def compile_model(model: keras.Model, train: TrainConfig, num_classes: int,
     """Compiles `model` for integer labels as `train` says; returns it.
 
     A model whose output has one unit is treated as binary (sigmoid).
-    `extra_metrics` names `EXTRA_METRICS` to compute too.
+    `extra_metrics` names `EXTRA_METRICS` to compute too. A model whose layers
+    compute in float16 (`build_resnet(precision="mixed_float16")`) gets its
+    optimizer in a `LossScaleOptimizer`: Keras adds one only when the Model's
+    own policy says so, which a reloaded model's does not.
     """
     binary = model.outputs[0].shape[-1] == 1
+    optimizer = make_optimizer(train)
+    if any(layer.dtype_policy.compute_dtype == "float16" for layer in model.layers):
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
-        optimizer=make_optimizer(train),
+        optimizer=optimizer,
         loss=make_loss(train, binary),
         metrics=make_metrics(num_classes, binary, tuple(extra_metrics)),
     )

@@ -69,6 +69,7 @@ def test_search_writes_a_run_and_a_bundle(run, capsys):
     assert all((d / "history.json").is_file() for d in trial_dirs(out))
 
 
+@pytest.mark.slow  # end to end, 20-55 s: CI's slow step runs it
 def test_rerun_resumes_without_rerunning_finished_trials(run, capfd):
     out = run["out"]
     before = {d.name: json.loads((d / "history.json").read_text())["started"]
@@ -134,6 +135,10 @@ def test_report_writes_html_and_plots(run, capsys):
         (["search", "digits", "--out", "x", "--split", "0.5,0.4,0.4"],
          "split fractions must sum to 1"),
         (["search", "digits", "--out", "x", "--tuner", "anneal"], "invalid choice: 'anneal'"),
+        (["search", "digits", "--out", "x", "--split", "0.8,0,0.2"],
+         "split needs a validation fraction above 0: the search ranks its models by their "
+         "validation accuracy. Received: split=(0.8, 0.0, 0.2). To keep every image for the "
+         "search, set the test fraction to 0 instead: pass e.g. --split 0.8,0.2,0"),
         (["predict", "/no/bundle", "a.jpg"], "Not an export bundle"),
         (["report", "/no/run"], "Not a resnet-tuner run directory"),
         (["export", "/no/run", "--to", "b"], "Not a resnet-tuner run directory"),
@@ -164,6 +169,7 @@ def test_console_script_is_installed():
     assert done.returncode == 0 and "search" in done.stdout
 
 
+@pytest.mark.slow  # end to end, 20-55 s: CI's slow step runs it
 def test_max_params_fails_trials_and_stops_with_their_reasons(tmp_path, capfd):
     folder = make_folder(tmp_path / "shapes")
     space = tmp_path / "tiny.toml"
@@ -179,6 +185,7 @@ def test_max_params_fails_trials_and_stops_with_their_reasons(tmp_path, capfd):
     assert statuses.count("FAILED") >= 2 and "COMPLETED" not in statuses
 
 
+@pytest.mark.slow  # end to end, 20-55 s: CI's slow step runs it
 def test_trials_run_in_fresh_processes_and_in_process_alike(tmp_path, capfd):
     """The default hands over to a new process after each trial; 0 keeps one process."""
     folder = make_folder(tmp_path / "shapes")
@@ -268,8 +275,8 @@ def test_a_failed_tflite_conversion_is_said_on_the_command_line(run, tmp_path, c
     monkeypatch.setattr(tf.lite, "TFLiteConverter", Refuses)
     assert cli.main(["export", str(run["out"]), "--to", str(tmp_path / "b")]) == 0
     err = capsys.readouterr().err
-    assert (f"resnet-tuner: warning: TFLite conversion failed, so {tmp_path / 'b'} has no "
-            "model.tflite (model.keras and saved_model/ are fine): RuntimeError: op not "
+    assert (f"resnet-tuner: warning: LiteRT (TFLite) conversion failed, so {tmp_path / 'b'} has "
+            "no model.tflite (model.keras and the other formats are fine): RuntimeError: op not "
             "supported") in err
     assert not (tmp_path / "b" / "model.tflite").exists()
 
@@ -376,3 +383,84 @@ def test_hypermodel_refuses_an_objective_its_models_do_not_compute():
     with pytest.raises(ValueError, match=r"objective must name a metric .* "
                                          r"Received: objective='val_auc'"):
         ResNetHyperModel("quick", input_shape=(8, 8, 3), num_classes=3, objective="val_auc")
+
+
+def test_predict_refuses_an_image_training_would_skip_and_goes_on(run, tmp_path, capsys):
+    bundle = run["out"] / "best"
+    min_size = json.loads((bundle / "manifest.json").read_text())["min_size"]
+    assert min_size == 8  # ImageFolder's default, recorded with the split
+    tiny = tmp_path / "tiny.png"
+    tiny.write_bytes(cv2.imencode(".png", np.full((4, 4, 3), 128, np.uint8))[1].tobytes())
+    good = next((run["folder"] / "square").glob("*.jpg"))
+    assert cli.main(["predict", str(bundle), str(tiny), str(good)]) == 0  # as for a bad file
+    lines = capsys.readouterr().out.splitlines()
+    reason = "too small (4x4 px; min_size=8)"  # the wording of the skipped list
+    assert [line.split()[1:] for line in lines if str(tiny) in line] == [
+        ["skipped:", *reason.split()]]
+    assert any(str(good) in line and "skipped" not in line for line in lines)
+    assert cli.main(["predict", str(bundle), str(tiny), "--json"]) == 2  # nothing predicted
+    assert json.loads(capsys.readouterr().out) == [{"image": str(tiny), "error": reason}]
+
+
+def test_an_explicit_split_on_a_presplit_folder_is_one_warning_line(tmp_path, capsys):
+    from resnet_tuner import console
+    from resnet_tuner.run.options import SearchOptions
+    from resnet_tuner.run.rundir import _split_to_use
+
+    folder = tmp_path / "voc"
+    for split in ("train", "val", "test"):
+        make_folder(folder / split, per_class=2)
+    options = SearchOptions(data_dir=str(folder), out=str(tmp_path / "run"),
+                            split=(0.7, 0.15, 0.15))
+    with console.command_output(verbose=False):
+        assert _split_to_use(options) is None  # the folder's own splits are used
+        assert _split_to_use(SearchOptions(data_dir=str(folder), out="x")) is None
+        flat = make_folder(tmp_path / "flat", per_class=2)
+        assert _split_to_use(SearchOptions(data_dir=str(flat), out="x", split=(0.5, 0.5, 0))
+                             ) == (0.5, 0.5, 0)
+    assert capsys.readouterr().err.splitlines() == [
+        f"resnet-tuner: warning: --split 0.7,0.15,0.15 ignored: {folder} is already split into "
+        "train/, val/ and test/ folders, which are used as they are."]
+
+
+def test_the_offline_weights_error_says_what_to_write_in_a_space_file(tmp_path, monkeypatch,
+                                                                     capsys):
+    import keras
+
+    from resnet_tuner.model.backbones import resolve_weights
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    monkeypatch.setitem(cli.COMMANDS, "report", lambda args: resolve_weights("imagenet"))
+    assert cli.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert 'weights = "none" in the space file' in err and "weights=None in Python" in err
+    assert 'weights = "/path/to/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" under ' \
+           "[transfer]" in err
+
+
+@pytest.mark.slow
+def test_a_search_without_a_test_split_end_to_end(tmp_path, capsys):
+    """`--split 0.5,0.5,0`: search, bundle, card, report and predict, all saying so."""
+    folder = make_folder(tmp_path / "shapes", per_class=6)
+    space = tmp_path / "tiny.toml"
+    space.write_text(TINY_SPACE)
+    out = tmp_path / "run"
+    assert cli.main(["search", str(folder), "--out", str(out), "--space", str(space),
+                     "--tuner", "random", "--max-trials", "1", "--image-size", "16",
+                     "--split", "0.5,0.5,0", "--trials-per-process", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "9 train, 9 val, 0 test" in printed
+    assert "validation accuracy" in printed and "an optimistic estimate" in printed
+    metrics = json.loads((out / "best" / "metrics.json").read_text())
+    assert metrics["split"] == "val" and metrics["images"] == 9
+    assert "## Validation results (no test split)" in (out / "best" / "MODEL_CARD.md").read_text()
+    image = next((folder / "circle").glob("*.jpg"))
+    assert cli.main(["predict", str(out / "best"), str(image), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["class"] in ("circle", "square", "stripe")
+    assert cli.main(["report", str(out)]) == 0
+    assert "validation accuracy <b>" in (out / "report" / "index.html").read_text()

@@ -59,6 +59,56 @@ def test_presplit_layout_is_used_as_given(tmp_path, cache, write_image):
     assert all(f.startswith("test") for f in data.split_files("test"))
 
 
+def test_no_test_split_keeps_every_image_for_train_and_val_stratified(tmp_path, cache,
+                                                                     make_folder):
+    root = make_folder(tmp_path / "pets", per_class=10)
+    data = ImageFolder(root, image_size=16, split=(0.8, 0.2, 0), cache_dir=cache, verbose=0)
+    assert data.split == (0.8, 0.2, 0.0)
+    assert data.counts["test"] == {"cat": 0, "dog": 0, "fox": 0}
+    assert data.counts["val"] == {"cat": 2, "dog": 2, "fox": 2}  # stratified
+    assert data.counts["train"] == {"cat": 8, "dog": 8, "fox": 8}
+    assert data.arrays("test")[0].shape == (0, 16, 16, 3)
+    # A run resumes from its manifest, whose test list is empty.
+    again = ImageFolder.from_manifest(data.write_manifest(tmp_path / "manifest.json"),
+                                      cache_dir=cache, verbose=0)
+    assert again.counts == data.counts
+    digits = datasets.digits(image_size=8, split=(0.8, 0.2, 0.0))
+    assert len(digits.labels("test")) == 0 and len(digits.labels("val")) == 360
+
+
+def _presplit(root, write_image, splits=("train", "val", "test")):
+    for split in splits:
+        for name in ("car", "dog"):
+            for i in range(5 if split == "train" else 2):
+                write_image(root / split / name / f"{i}.png")
+    return root
+
+
+def test_an_explicit_split_on_a_presplit_folder_is_said_to_be_ignored(tmp_path, cache,
+                                                                     write_image):
+    import warnings
+
+    from resnet_tuner.data.folder import SplitIgnoredWarning
+
+    root = _presplit(tmp_path / "voc", write_image)
+    with pytest.warns(SplitIgnoredWarning) as caught:
+        data = ImageFolder(root, image_size=16, split=(0.7, 0.15, 0.15), cache_dir=cache,
+                           verbose=0)
+    assert [str(w.message) for w in caught] == [
+        f"split=(0.7, 0.15, 0.15) ignored: {root} is already split into train/, val/ and "
+        "test/ folders, which are used as they are."]
+    assert caught[0].filename == __file__  # points at the caller's line
+    assert data.counts["test"] == {"car": 2, "dog": 2}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no split given: nothing to say
+        ImageFolder(root, image_size=16, cache_dir=cache, verbose=0)
+        # train/ and val/ only: the fractions decide the test split (here: none).
+        two = ImageFolder(_presplit(tmp_path / "two", write_image, ("train", "val")),
+                          image_size=16, split=(0.8, 0.2, 0), cache_dir=cache, verbose=0)
+    assert two.counts["test"] == {"car": 0, "dog": 0}
+    assert two.counts["val"] == {"car": 2, "dog": 2}
+
+
 def test_presplit_class_missing_from_a_split_is_named(tmp_path, cache, write_image):
     root = tmp_path / "voc"
     for split in ("train", "val", "test"):
@@ -166,7 +216,14 @@ def test_stretch_crop_and_pad_give_different_pixels(tmp_path):
          r"too few images to split .*\{'dog': 2\}; each class needs at least 10"),
         ("ok", {"split": (0.8, 0.3, 0.1)}, ValueError,
          r"split fractions must sum to 1. Received: split=\(0.8, 0.3, 0.1\)"),
-        ("ok", {"split": (1.0, 0.0, 0.0)}, ValueError, "three positive fractions"),
+        ("ok", {"split": (1.0, 0.0, 0.0)}, ValueError,
+         r"split needs a validation fraction above 0: the search ranks its models by their "
+         r"validation accuracy. Received: split=\(1.0, 0.0, 0.0\).*\(0.8, 0.2, 0\)"),
+        ("ok", {"split": (0.8, 0, 0.2)}, ValueError, "split needs a validation fraction above 0"),
+        ("ok", {"split": (0.0, 0.5, 0.5)}, ValueError,
+         r"train and val positive, test positive or 0 .* Received: split=\(0.0, 0.5, 0.5\)"),
+        ("small_class", {"split": (0.8, 0.2, 0)}, ValueError,
+         r"\{'dog': 2\}; each class needs at least 5 .*change split \(e.g. \(0.5, 0.5, 0\)\)"),
         ("ok", {"image_size": (0, 16)}, ValueError, r"image_size must be .*\(0, 16\)"),
         ("ok", {"resize": "zoom"}, ValueError, "resize must be one of"),
     ],

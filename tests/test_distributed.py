@@ -86,6 +86,23 @@ def ran(logs):
     return result
 
 
+def chief_and_two_workers(common, tmp_path):
+    """Runs a chief and workers w1, w2 with the same arguments to the end; all exit 0.
+
+    Returns the chief's log and each worker's log.
+    """
+    address = f"127.0.0.1:{free_port()}"
+    chief = start([*common, "--chief", address], tmp_path / "chief.log")
+    workers = {name: start([*common, "--worker", address, "--worker-id", name],
+                           tmp_path / f"{name}.log") for name in ("w1", "w2")}
+    logs = {name: finish(proc) for name, proc in workers.items()}
+    chief_log = finish(chief, timeout=120)
+    assert chief.returncode == 0, chief_log[-3000:]
+    for name, proc in workers.items():
+        assert proc.returncode == 0, logs[name][-3000:]
+    return chief_log, logs
+
+
 @pytest.fixture
 def setup(tmp_path):
     folder = make_folder(tmp_path / "shapes", per_class=10)
@@ -100,15 +117,7 @@ def setup(tmp_path):
 @pytest.mark.slow
 def test_chief_and_two_workers_run_every_trial_once(setup):
     tmp_path, out, common = setup
-    address = f"127.0.0.1:{free_port()}"
-    chief = start([*common, "--chief", address], tmp_path / "chief.log")
-    workers = {name: start([*common, "--worker", address, "--worker-id", name],
-                           tmp_path / f"{name}.log") for name in ("w1", "w2")}
-    logs = {name: finish(proc) for name, proc in workers.items()}
-    chief_log = finish(chief, timeout=120)
-    assert chief.returncode == 0, chief_log[-3000:]
-    for name, proc in workers.items():
-        assert proc.returncode == 0, logs[name][-3000:]
+    chief_log, logs = chief_and_two_workers(common, tmp_path)
     finished = ran(logs)
     every = sorted(finished["w1"] + finished["w2"])
     assert every == sorted(trials(out)) and len(every) == 4, finished  # each trial exactly once

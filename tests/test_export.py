@@ -86,15 +86,20 @@ print("ok")
 
 
 def test_tflite_agrees_with_keras(trained, bundle):
-    import tensorflow as tf
+    from resnet_tuner.formats import litert_interpreter
 
     model, data = trained
     metrics = json.loads((bundle / "metrics.json").read_text())
-    assert metrics["tflite"]["converted"] is True
-    assert metrics["tflite"]["top1_agreement"] == 1.0
-    assert metrics["tflite"]["max_abs_probability_diff"] < 1e-4
+    assert list(metrics["formats"]) == ["saved_model", "litert"]  # the default formats
+    litert = metrics["formats"]["litert"]
+    assert litert["converted"] is True and litert["file"] == "model.tflite"
+    assert litert["top1_agreement"] == 1.0
+    assert litert["max_abs_probability_diff"] < 1e-4
     x, _ = data.arrays("test")
-    interpreter = tf.lite.Interpreter(model_path=str(bundle / "model.tflite"))
+    interpreter_class, _ = litert_interpreter()  # ai-edge-litert's, else tf.lite's
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation
+        interpreter = interpreter_class(model_path=str(bundle / "model.tflite"))
     inp = interpreter.get_input_details()[0]
     assert inp["dtype"] == np.uint8
     interpreter.resize_tensor_input(inp["index"], [4, 16, 16, 3])
@@ -120,6 +125,35 @@ def test_metrics_are_held_out_test_figures(trained, bundle):
     assert len(manifest["files"]["test"]) == 180
     card = (bundle / "MODEL_CARD.md").read_text()
     assert "keras.saving.load_model" in card and f"{100 * metrics['accuracy']:.2f} %" in card
+
+
+def test_without_a_test_split_the_bundle_says_its_figures_are_validation(trained, tmp_path):
+    from resnet_tuner import report
+    from resnet_tuner.metrics import NO_TEST_SPLIT, accuracy_text
+
+    model, data = trained
+    no_test = data._with_index({"train": data._index["train"], "val": data._index["val"],
+                                "test": []})  # as split=(0.9, 0.1, 0) would give
+    run_dir = tmp_path / "run"
+    export_model(model, run_dir / "best", data=no_test, model_config=CONFIG,
+                 train_config=TrainConfig(), trial={"trial_id": "00"})
+    metrics = json.loads((run_dir / "best" / "metrics.json").read_text())
+    x, y = data.arrays("val")
+    assert metrics["split"] == "val" and metrics["images"] == len(y) == 180
+    assert metrics["accuracy"] == pytest.approx(np.mean(model.predict(x, verbose=0).argmax(1) == y))
+    assert metrics["note"] == NO_TEST_SPLIT
+    assert NO_TEST_SPLIT.startswith("no test split: the accuracy shown is validation accuracy "
+                                    "of the search, an optimistic estimate")
+    assert accuracy_text(metrics) == (f"validation accuracy {100 * metrics['accuracy']:.2f} %; "
+                                      f"{NO_TEST_SPLIT}")
+    card = (run_dir / "best" / "MODEL_CARD.md").read_text()
+    assert "## Validation results (no test split)" in card and "## Test results" not in card
+    assert "**No test split: the accuracy shown is validation accuracy of the search" in card
+    assert json.loads((run_dir / "best" / "manifest.json").read_text())["files"]["test"] == []
+    (run_dir / "run.json").write_text(json.dumps({"options": {"space": "quick"}}))
+    page = report.write_report(run_dir).read_text()
+    assert "validation accuracy <b>" in page and "test accuracy" not in page
+    assert "<b>no test split: the accuracy shown is validation accuracy" in page
 
 
 def test_failed_export_leaves_the_earlier_bundle_intact(trained, bundle, tmp_path, monkeypatch):
@@ -151,15 +185,18 @@ def test_tflite_failure_is_reported_not_fatal(trained, tmp_path, monkeypatch):
 
     monkeypatch.setattr(tf.lite, "TFLiteConverter", Refuses)
     with pytest.warns(export_module.ExportWarning,
-                      match="TFLite conversion failed, so the bundle has no model.tflite "
-                            r"\(model.keras and saved_model/ are fine\): "
+                      match=r"LiteRT \(TFLite\) conversion failed, so the bundle has no "
+                            r"model.tflite \(model.keras and the other formats are fine\): "
                             "RuntimeError: op not supported"):
         path = export_model(model, tmp_path / "b", data=data, model_config=CONFIG)
     metrics = json.loads((path / "metrics.json").read_text())
-    assert metrics["tflite"] == {"converted": False, "error": "RuntimeError: op not supported"}
-    assert not (path / "model.tflite").exists()
+    assert metrics["formats"]["litert"] == {"converted": False,
+                                            "error": "RuntimeError: op not supported"}
+    assert metrics["formats"]["saved_model"]["converted"] is True
+    assert not (path / "model.tflite").exists() and (path / "saved_model").is_dir()
     card = (path / "MODEL_CARD.md").read_text()
-    assert "TFLite conversion failed, so no model.tflite: RuntimeError: op not supported" in card
+    assert ("LiteRT (TFLite) conversion failed, so no model.tflite: RuntimeError: op not "
+            "supported") in card
 
 
 def test_held_out_metrics_match_hand_computed_figures():

@@ -91,8 +91,9 @@ def test_oldest_pins_are_the_declared_floors():
     with open(os.path.join(REPO, ".ci", "oldest.txt")) as f:
         pins = dict(line.split("#")[0].strip().split("==") for line in f if "==" in line)
     pins = {name.lower(): Version(version) for name, version in pins.items()}
+    extras = project["optional-dependencies"]
     for requirement in map(
-        Requirement, project["dependencies"] + project["optional-dependencies"]["opencv"]
+        Requirement, project["dependencies"] + extras["opencv"] + extras["mlflow"]
     ):
         floors = [Version(s.version) for s in requirement.specifier if s.operator == ">="]
         assert len(floors) == 1, f"{requirement}: declare one >= floor"

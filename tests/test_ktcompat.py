@@ -221,3 +221,188 @@ def test_trial_statuses_we_use_exist():
     for status in ("RUNNING", "IDLE", "STOPPED", "INVALID", "COMPLETED"):
         assert hasattr(ktcompat.TrialStatus, status), _broken(f"TrialStatus.{status}")
     assert ktcompat.Trial(space(), status=ktcompat.TrialStatus.IDLE).status == "IDLE"
+
+
+def test_a_reloaded_oracle_queues_running_trials_and_restore_running_gives_them_back(tmp_path):
+    oracle = oracle_of(kt.oracles.RandomSearchOracle, tmp_path)
+    first, second = oracle.create_trial("w1"), oracle.create_trial("w2")  # each saves the oracle
+    restarted = oracle_of(kt.oracles.RandomSearchOracle, tmp_path)
+    restarted.reload()  # what a restarted chief's tuner does
+    assert sorted(restarted._retry_queue) == [first.trial_id, second.trial_id], _broken(
+        "Oracle.reload() (no longer queues the trials that were running)")
+    assert restarted.ongoing_trials == {}, _broken("Oracle.reload() ongoing_trials")
+    assert ktcompat.restore_running(restarted) == {"w1": first.trial_id, "w2": second.trial_id}
+    assert restarted._retry_queue == [] and restarted.tuner_ids == {"w1", "w2"}
+    assert {k: t.trial_id for k, t in restarted.ongoing_trials.items()} == {
+        "w1": first.trial_id, "w2": second.trial_id}
+    assert restarted.create_trial("w1").trial_id == first.trial_id, _broken(
+        "Oracle.create_trial (no longer gives a tuner its ongoing trial)")
+    restarted.update_trial(first.trial_id, {"val_loss": 1.0})
+    first.status = ktcompat.TrialStatus.COMPLETED
+    restarted.end_trial(first)  # its display line needs the start noted by restore_running
+    assert restarted.end_order == [first.trial_id]
+
+
+def test_end_once_counts_a_trial_once(tmp_path):
+    oracle = oracle_of(kt.oracles.RandomSearchOracle, tmp_path)
+    trial = oracle.create_trial("w1")
+    oracle.update_trial(trial.trial_id, {"val_loss": 1.0})
+    trial.status = ktcompat.TrialStatus.COMPLETED
+    assert ktcompat.end_once(oracle, trial) is True
+    assert ktcompat.end_once(oracle, trial) is False  # the same EndTrial again
+    assert oracle.end_order == [trial.trial_id], _broken("Oracle.end_order")
+    # A trial requeued (its worker thought lost) that its worker completes after all.
+    late = oracle.create_trial("w2")
+    assert ktcompat.requeue(oracle, "w2", late, "lost")
+    oracle.update_trial(late.trial_id, {"val_loss": 2.0})
+    late.status = ktcompat.TrialStatus.COMPLETED
+    assert ktcompat.end_once(oracle, late) is True
+    assert oracle._retry_queue == [] and oracle.end_order == [trial.trial_id, late.trial_id]
+    assert oracle.trials[late.trial_id].status == "COMPLETED"
+    assert ktcompat.end_trial_response().__class__.__name__ == "EndTrialResponse"
+
+
+def test_every_client_call_goes_through_the_stub_with_a_timeout():
+    from keras_tuner.src.distribute import oracle_client
+
+    for name in ("create_trial", "update_trial", "end_trial", "get_trial", "get_space"):
+        source = inspect.getsource(getattr(oracle_client.OracleClient, name))
+        assert "self.stub." in source and "timeout=TIMEOUT" in source, _broken(
+            f"OracleClient.{name} (retry_unavailable wraps self.stub and reads timeout=)")
+
+
+def test_retry_unavailable_retries_within_the_calls_timeout(monkeypatch, tmp_path):
+    import grpc
+    from keras_tuner.src.distribute import oracle_client
+
+    class Unavailable(grpc.RpcError):
+        def __init__(self, code=grpc.StatusCode.UNAVAILABLE):
+            self._code = code
+
+        def code(self):
+            return self._code
+
+    calls = []
+
+    class Stub:
+        def GetTrial(self, request, timeout, wait_for_ready=False):  # noqa: N802
+            calls.append(timeout)
+            if len(calls) < 3:
+                raise Unavailable()
+            return "answer"
+
+        def EndTrial(self, request, timeout, wait_for_ready=False):  # noqa: N802
+            raise Unavailable(grpc.StatusCode.UNAUTHENTICATED)
+
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "w1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "1")
+    client = oracle_client.OracleClient(oracle_of(kt.oracles.RandomSearchOracle, tmp_path))
+    client.stub = Stub()
+    ktcompat.retry_unavailable(client, pause=0.01)
+    ktcompat.retry_unavailable(client, pause=0.01)  # once is enough
+    assert client.stub.GetTrial("req", timeout=5.0, wait_for_ready=True) == "answer"
+    assert len(calls) == 3 and 4.9 < calls[0] <= 5.0 and calls[0] > calls[1] > calls[2] > 4
+    with pytest.raises(grpc.RpcError):  # other errors at once
+        client.stub.EndTrial("req", timeout=5.0)
+    calls.clear()
+    with pytest.raises(grpc.RpcError):  # UNAVAILABLE past the call's timeout
+        client.stub.GetTrial("req", timeout=0.015)
+
+
+def test_a_workers_client_makes_no_call_until_its_stub_is_swapped(monkeypatch, tmp_path):
+    from concurrent import futures
+
+    import grpc
+    from keras_tuner.src.distribute import oracle_client
+
+    served = []
+
+    class Seen(grpc.ServerInterceptor):
+        def intercept_service(self, continuation, details):
+            served.append(details.method)
+            return continuation(details)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), interceptors=[Seen()])
+    ktcompat.add_servicer(ktcompat.servicer_base()(oracle_of(kt.oracles.RandomSearchOracle,
+                                                             tmp_path)), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        monkeypatch.setenv("KERASTUNER_TUNER_ID", "w1")
+        monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+        monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(port))
+        tuner = kt.RandomSearch(build, objective="val_loss", max_trials=1,
+                                directory=str(tmp_path / "worker"))
+        assert isinstance(tuner.oracle, oracle_client.OracleClient), _broken(
+            "BaseTuner.__init__ (a worker's oracle is no longer an OracleClient)")
+        assert served == [], _broken("BaseTuner.__init__ (it calls the chief before "
+                                     "use_channel can swap the client's stub)")
+        sent = []
+
+        class Sent(grpc.UnaryUnaryClientInterceptor):
+            def intercept_unary_unary(self, continuation, details, request):
+                sent.append(details.method)
+                return continuation(details, request)
+
+        channel = grpc.intercept_channel(grpc.insecure_channel(f"127.0.0.1:{port}"), Sent())
+        ktcompat.use_channel(tuner.oracle, channel)
+        assert "units" in tuner.oracle.get_space(), _broken("OracleClient.get_space")
+        assert sent == served and len(sent) == 1, _broken(
+            "OracleClient.stub (the client no longer calls through its stub)")
+        ktcompat.ask_for_space(channel, timeout=5)
+        assert served[-1].endswith("/GetSpace"), _broken("protos OracleStub.GetSpace")
+        channel.close()
+    finally:
+        server.stop(grace=0)
+
+
+def test_the_checkpoint_path_is_the_file_a_trial_saves_and_loads(tmp_path):
+    from pathlib import Path
+
+    import numpy as np
+
+    from resnet_tuner.run.trials import CHECKPOINT_PREFIX, checkpoint_files
+
+    def one_output(hp):
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile(loss="mse")
+        return model
+
+    tuner = kt.RandomSearch(one_output, objective="val_loss", max_trials=1, seed=1,
+                            directory=str(tmp_path))
+    x, y = np.zeros((4, 2), "float32"), np.zeros((4, 1), "float32")
+    tuner.search(x, y, validation_data=(x, y), epochs=1, verbose=0)
+    trial = tuner.oracle.get_best_trials(1)[0]
+    path = Path(ktcompat.checkpoint_path(tuner, trial.trial_id))
+    assert path.is_file() and path.parent == Path(tuner.get_trial_dir(trial.trial_id)), _broken(
+        "Tuner._get_checkpoint_fname(trial_id)")
+    assert path.name.startswith(CHECKPOINT_PREFIX) and checkpoint_files(path.parent) == [path], (
+        _broken("the checkpoint's file name (run.trials.CHECKPOINT_PREFIX)"))
+    path.unlink()
+    with pytest.raises((OSError, ValueError)):  # the file load_model reads, and nothing else
+        tuner.load_model(trial)
+
+
+def test_hyperband_brackets_and_sizes_as_promotable_reads_them(tmp_path):
+    # max_epochs 3, factor 3: bracket 1 runs 3 trials of 1 epoch, then the best for 3.
+    oracle = oracle_of(kt.oracles.HyperbandOracle, tmp_path, max_epochs=3, factor=3)
+    first = [oracle.create_trial(f"w{i}") for i in range(3)]
+    assert [t.hyperparameters.values["tuner/round"] for t in first] == [0, 0, 0], _broken(
+        "HyperbandOracle bracket sizes (_get_size)")
+    assert ktcompat.promotable(oracle) == set()
+    for trial, loss in zip(first[:2], (0.3, 0.1), strict=True):
+        oracle.update_trial(trial.trial_id, {"val_loss": loss})
+        trial.status = ktcompat.TrialStatus.COMPLETED
+        oracle.end_trial(trial)
+    # One place in round 1: the 0.1 trial may take it, the 0.3 one (one better rival) not.
+    assert ktcompat.promotable(oracle) == {first[1].trial_id}, _broken(
+        "HyperbandOracle._brackets rounds of {'id', 'past_id'} / _get_size")
+    oracle.update_trial(first[2].trial_id, {"val_loss": 0.2})
+    first[2].status = ktcompat.TrialStatus.COMPLETED
+    oracle.end_trial(first[2])
+    child = oracle.create_trial("w0")
+    assert child.hyperparameters.values.get("tuner/trial_id") == first[1].trial_id, _broken(
+        "HyperbandOracle.populate_space (promotes the best of a round)")
+    assert ktcompat.promotable(oracle) == set()  # its place is taken
+    assert ktcompat.promotable(oracle_of(kt.oracles.RandomSearchOracle, tmp_path / "r")) == set()

@@ -15,14 +15,16 @@ from resnet_tuner.run.options import IDENTITY, SearchOptions, add_arguments
 #: identity (say `seed`) would let a resume mix two different searches.
 EXPECTED_IDENTITY = {"data_dir", "space", "tuner", "image_size", "batch_size", "seed", "split",
                      "resize", "epochs", "hyperband_factor", "objective", "class_weight",
-                     "early_stopping"}
+                     "early_stopping", "precision"}
 #: A value different from `base()`'s for every field.
 OTHER = {"data_dir": "elsewhere", "out": "runs/b", "space": "mini", "tuner": "random",
          "max_trials": 20, "epochs": 5, "hyperband_factor": 2, "image_size": 32,
          "batch_size": 8, "seed": 1, "split": (0.6, 0.2, 0.2), "resize": "crop",
          "max_pixels": 4096, "max_params": 1000, "max_failures": 5, "overwrite": True,
          "hyperband_iterations": 2, "objective": "val_loss", "class_weight": "balanced",
-         "early_stopping": 3}
+         "early_stopping": 3, "tensorboard": "runs/tb", "mlflow": "file:///tmp/mlruns",
+         "mlflow_experiment": "pets", "keep_checkpoints": 0, "precision": "mixed_bfloat16",
+         "devices": 2}
 VERSIONS = {"run_format": rundir.RUN_FORMAT, "resnet_tuner": "0.1.0", "keras": "3.15.0",
             "keras_tuner": "1.4.8"}
 
@@ -103,7 +105,10 @@ def test_every_setting_round_trips_through_run_json_and_the_command_line(tmp_pat
             "--image-size", "32", "--batch-size", "8", "--seed", "1", "--split", "0.6,0.2,0.2",
             "--resize", "crop", "--max-pixels", "4096", "--max-params", "1000",
             "--max-failures", "5", "--overwrite", "--hyperband-iterations", "2",
-            "--objective", "val_loss", "--class-weight", "balanced", "--early-stopping", "3"]
+            "--objective", "val_loss", "--class-weight", "balanced", "--early-stopping", "3",
+            "--tensorboard", "runs/tb", "--mlflow", "file:///tmp/mlruns",
+            "--mlflow-experiment", "pets", "--keep-checkpoints", "0",
+            "--precision", "mixed_bfloat16", "--devices", "2"]
     assert SearchOptions.from_args(parser.parse_args(argv)) == options
 
 
@@ -120,6 +125,9 @@ BAD = [("tuner", "anneal", "tuner must be one of"), ("resize", "squash", "resize
        ("objective", "val_auc", "objective must be one of"),
        ("class_weight", "auto", "class_weight must be one of"),
        ("early_stopping", 0, "early_stopping must be a positive integer"),
+       ("keep_checkpoints", -1, "keep_checkpoints must be an integer >= 0"),
+       ("precision", "float16", "precision must be one of"),
+       ("devices", 0, "devices must be 'all' or a positive integer"),
        ("split", (0.5, 0.4, 0.4), "sum to 1"),
        ("data_dir", "/no/such/folder", "Image folder not found: /no/such/folder")]
 

@@ -80,7 +80,9 @@ def test_no_network_and_no_file_says_how_to_provide_weights(backbone, tmp_path, 
     message = str(info.value)
     assert record.weights_url in message and record.title in message
     assert str(tmp_path / "models" / record.weights_file) in message
-    assert "weights='/path/to/" in message and "weights=None" in message
+    assert "weights='/path/to/" in message and "weights=None in Python" in message
+    # A search space is TOML, which has no None: the message says what to write there.
+    assert 'weights = "none" in the space file' in message
 
 
 @pytest.mark.parametrize("backbone", list(BACKBONES))

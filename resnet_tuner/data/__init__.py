@@ -21,10 +21,11 @@ What lives where (data flows down this list):
   or a manifest into a plan of files to decode.
 - `store`: the decode-once cache (keys, parallel decode into rows, atomic
   writes, `default_cache_dir`) and the row readers batches come from.
-- `splits`: `check_split_fractions`, stratified splits, `SPLITS`.
+- `splits`: `check_split_fractions`, stratified splits, `SPLITS`, `DEFAULT_SPLIT`.
 - `images`: `ImageData`, the split images every trial shares (`tf.data`,
   arrays, K-fold views, manifests).
-- `folder`: `ImageFolder`, an `ImageData` loaded from a folder.
+- `folder`: `ImageFolder`, an `ImageData` loaded from a folder;
+  `SplitIgnoredWarning` (a `split` a pre-split folder does not use).
 - `datasets`: `digits()`, a dataset bundled with scikit-learn (also
   `resnet_tuner.datasets`).
 
@@ -62,22 +63,24 @@ from resnet_tuner.data.decode import (
     load_image,
     resize_image,
 )
-from resnet_tuner.data.folder import ImageFolder
+from resnet_tuner.data.folder import ImageFolder, SplitIgnoredWarning
 from resnet_tuner.data.header import image_dimensions, image_format
 from resnet_tuner.data.images import MANIFEST_VERSION, ImageData
 from resnet_tuner.data.quiet import quiet_codecs
 from resnet_tuner.data.scan import VAL_DIR_NAMES
-from resnet_tuner.data.splits import SPLITS, check_split_fractions
+from resnet_tuner.data.splits import DEFAULT_SPLIT, SPLITS, check_split_fractions
 from resnet_tuner.data.store import CACHE_VERSION, IN_MEMORY_BYTES, default_cache_dir
 
 __all__ = [
     "CACHE_VERSION",
+    "DEFAULT_SPLIT",
     "IMAGE_EXTENSIONS",
     "IN_MEMORY_BYTES",
     "MANIFEST_VERSION",
     "MAX_PIXELS",
     "RESIZE_MODES",
     "SPLITS",
+    "SplitIgnoredWarning",
     "VAL_DIR_NAMES",
     "ImageData",
     "ImageError",

@@ -27,7 +27,13 @@ from resnet_tuner.data.decode import (
 )
 from resnet_tuner.data.images import ImageData
 from resnet_tuner.data.scan import Candidate, plan_from_folder, plan_from_manifest
-from resnet_tuner.data.splits import SPLITS, check_split_fractions, split_off, stratified_split
+from resnet_tuner.data.splits import (
+    DEFAULT_SPLIT,
+    SPLITS,
+    check_split_fractions,
+    split_off,
+    stratified_split,
+)
 from resnet_tuner.data.store import decode_all
 
 
@@ -46,7 +52,12 @@ class ImageFolder(ImageData):
             if only one of val/test exists, the other is split off train,
             stratified, with the `split` fractions).
         image_size: `(height, width)` every image is resized to, or one int.
-        split: `(train, val, test)` fractions, each > 0, summing to 1.
+        split: `(train, val, test)` fractions summing to 1 (default
+            `(0.8, 0.1, 0.1)`): train and val above 0, test above 0 or 0 for
+            no test split (every image goes to the search; its validation
+            accuracy is then the only, optimistic, estimate). A folder already
+            split into train/, val/ and test/ ignores it, with a warning when
+            it is given.
         seed: seed of the split and of shuffling.
         cache_dir: where decoded images are cached (`None`: the default,
             `$RESNET_TUNER_CACHE` or `~/.cache/resnet_tuner`; `False`: no disk
@@ -78,7 +89,7 @@ class ImageFolder(ImageData):
         self,
         root: str | os.PathLike,
         image_size: int | tuple[int, int] = (128, 128),
-        split: Sequence[float] = (0.8, 0.1, 0.1),
+        split: Sequence[float] | None = None,
         seed: int = 0,
         cache_dir: str | os.PathLike | None | bool = None,
         resize: str = "stretch",
@@ -94,6 +105,9 @@ class ImageFolder(ImageData):
         root_path = _check_root(root)
         skipped: list[tuple[str, str]] = []
         plan, fractions, split_spec = _plan(root_path, manifest, split, skipped)
+        if split is not None and manifest is None and split_ignored(plan["split_dirs"]):
+            warnings.warn(SplitIgnoredWarning(
+                split_ignored_message(f"split={tuple(split)}", root_path)), stacklevel=2)
 
         candidates: list[Candidate] = plan["files"]
         images, kept, decode_skipped = decode_all(
@@ -143,6 +157,25 @@ class ImageFolder(ImageData):
         return cls(root, manifest=manifest, **kwargs)
 
 
+class SplitIgnoredWarning(UserWarning):
+    """A `split` was given for a folder already split into train/, val/ and test/."""
+
+
+def split_ignored(split_dirs: dict[str, Path] | None) -> bool:
+    """Whether a folder's split folders (`scan.presplit_folders`) leave no use for fractions.
+
+    A folder with train/, val/ (or validation/) and test/ is used as it is; one
+    missing val/ or test/ has it split off train/ with the fractions.
+    """
+    return set(split_dirs or ()) == set(SPLITS)
+
+
+def split_ignored_message(given: str, root: str | os.PathLike) -> str:
+    """`<given> ignored: <root> is already split ...`; `given` as the caller spelled it."""
+    return (f"{given} ignored: {root} is already split into train/, val/ and test/ folders, "
+            "which are used as they are.")
+
+
 def _check_arguments(resize: Any, batch_size: Any, min_size: Any, seed: Any) -> None:
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}. Received: resize={resize!r}")
@@ -168,7 +201,7 @@ def _plan(root_path: Path, manifest, split, skipped: list) -> tuple[dict, Any, A
     if manifest is not None:
         plan = plan_from_manifest(root_path, manifest)
         return plan, None, plan["split"]
-    fractions = check_split_fractions(split)
+    fractions = check_split_fractions(DEFAULT_SPLIT if split is None else split)
     plan = plan_from_folder(root_path, skipped)
     return plan, fractions, plan["split"] or fractions
 
@@ -203,11 +236,16 @@ def _split_rows(plan, candidates, labels, kept_rows, fractions, seed, root_path)
         return {s: kept_rows[local[s]] for s in SPLITS}
     given = np.array([candidates[r][4] for r in kept_rows], dtype=object)
     index = {s: kept_rows[given == s] for s in SPLITS}
-    missing_split = [s for s in ("val", "test") if s not in plan["split_dirs"]]
+    # No test split by choice: a test fraction of 0, or a manifest of such a run.
+    no_test = "test" not in plan["split_dirs"] and (fractions is None or fractions[2] == 0)
+    missing_split = [s for s in ("val", "test")
+                     if s not in plan["split_dirs"] and not (s == "test" and no_test)]
     if missing_split:
         index = split_off(index, missing_split[0], labels, fractions, seed, class_names,
                           plan["split_dirs"]["train"])
     for s in SPLITS:
+        if s == "test" and no_test:
+            continue
         absent = sorted(set(range(len(class_names))) - set(labels[index[s]].tolist()))
         if absent:
             raise ValueError(

@@ -58,7 +58,7 @@ def _scan_files(class_dir: Path, skipped: list) -> list[tuple[str, int, int]]:
     return files
 
 
-def _detect_presplit(root: Path) -> dict[str, Path] | None:
+def presplit_folders(root: Path) -> dict[str, Path] | None:
     """`train/` plus `val/` or `validation/` and/or `test/` -> the split folders found."""
     with os.scandir(root) as entries:
         names = {e.name.lower(): Path(e.path) for e in entries if e.is_dir()}
@@ -79,7 +79,7 @@ def plan_from_folder(root: Path, skipped: list) -> dict[str, Any]:
     Files that cannot be candidates (hidden, wrong extension, outside a class
     folder) are appended to `skipped` with the reason.
     """
-    presplit = _detect_presplit(root)
+    presplit = presplit_folders(root)
     files: list[Candidate] = []
     if presplit:
         class_sets = {s: [p.name for p in _scan_class_dirs(d)] for s, d in presplit.items()}
@@ -138,4 +138,5 @@ def plan_from_manifest(root: Path, manifest: str | os.PathLike | dict) -> dict[s
     split = manifest.get("split")
     return {"class_names": class_names, "files": files, "split": split,
             "class_dirs": {n: [root] for n in class_names},
-            "split_dirs": dict.fromkeys(SPLITS, root)}
+            # A run without a test split (test fraction 0) lists no test files.
+            "split_dirs": {s: root for s in SPLITS if s != "test" or manifest["files"][s]}}

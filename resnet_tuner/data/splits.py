@@ -3,7 +3,8 @@
 Each split is an array of row numbers. `stratified_split` splits a labelled
 set with scikit-learn (test first, then val from the rest), `split_off` splits
 a missing `val` or `test` off a pre-split folder's train rows; both keep every
-class in every split or say which class is too small.
+class in every split or say which class is too small. A test fraction of 0
+leaves the test split empty (every image goes to the search).
 """
 
 from __future__ import annotations
@@ -24,25 +25,40 @@ def check_split(split: str) -> str:
     return split
 
 
+#: `(train, val, test)` when no split is given.
+DEFAULT_SPLIT = (0.8, 0.1, 0.1)
+
+
 def check_split_fractions(split: Any) -> tuple[float, float, float]:
-    """`(train, val, test)` fractions as floats: three, each > 0, summing to 1.
+    """`(train, val, test)` fractions as floats: train and val > 0, test >= 0, summing to 1.
+
+    A test fraction of 0 keeps every image for training and validation (little
+    data); the search's validation accuracy is then the only estimate there is,
+    and an optimistic one (it chose the model).
 
     Raises:
-        ValueError: naming the received value, e.g. `split=(0.8, 0.3, 0.1) (sum 1.2)`.
+        ValueError: naming the received value, e.g. `split=(0.8, 0.3, 0.1) (sum 1.2)`,
+            or saying that the search needs a validation split.
     """
     values = tuple(split) if isinstance(split, (tuple, list)) else ()
     if len(values) != 3 or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values
-    ):
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values
+    ) or values[0] <= 0:
         raise ValueError(
-            "split must be three positive fractions (train, val, test). "
-            f"Received: split={split!r}"
+            "split must be three fractions (train, val, test): train and val positive, test "
+            f"positive or 0 for no test split. Received: split={split!r}"
+        )
+    if values[1] <= 0:
+        raise ValueError(
+            "split needs a validation fraction above 0: the search ranks its models by their "
+            f"validation accuracy. Received: split={split!r}. To keep every image for the "
+            "search, set the test fraction to 0 instead: change split (e.g. (0.8, 0.2, 0))."
         )
     if abs(sum(values) - 1.0) > 1e-6:
         raise ValueError(
             f"split fractions must sum to 1. Received: split={split!r} (sum {sum(values):g})"
         )
-    return tuple(float(v) for v in values)  # type: ignore[return-value]
+    return tuple(float(v) + 0.0 for v in values)  # type: ignore[return-value]  # -0.0 -> 0.0
 
 
 def per_class(labels: np.ndarray, class_names: Sequence[str]) -> dict[str, int]:
@@ -72,19 +88,25 @@ def stratified_split(labels, fractions, seed, class_names, root) -> dict[str, np
     labels = np.asarray(labels)
     counts = per_class(labels, class_names)
     train_f, val_f, test_f = fractions
-    # Each class needs one image in every split: at least 3, and enough that
-    # its smallest fraction rounds to one image.
-    need = max(3, round(1.0 / min(fractions)))
+    used = [f for f in fractions if f > 0]  # a test fraction of 0: no test split
+    # Each class needs one image in every split: at least one per split, and
+    # enough that its smallest fraction rounds to one image.
+    need = max(len(used), round(1.0 / min(used)))
     small = {name: n for name, n in counts.items() if n < need}
     if small:
+        example = "(0.6, 0.2, 0.2)" if test_f > 0 else "(0.5, 0.5, 0)"
         raise ValueError(
             f"Class(es) with too few images to split {fractions} stratified in {root}: "
             f"{small}; each class needs at least {need} usable images. Add images or change "
-            "split (e.g. (0.6, 0.2, 0.2))."
+            f"split (e.g. {example})."
         )
     rows = np.arange(len(labels))
     try:
-        rest, test = train_test_split(rows, test_size=test_f, stratify=labels, random_state=seed)
+        if test_f > 0:
+            rest, test = train_test_split(rows, test_size=test_f, stratify=labels,
+                                          random_state=seed)
+        else:
+            rest, test = rows, rows[:0]
         train, val = train_test_split(
             rest, test_size=val_f / (train_f + val_f), stratify=labels[rest], random_state=seed
         )
@@ -95,6 +117,8 @@ def stratified_split(labels, fractions, seed, class_names, root) -> dict[str, np
         ) from err
     index = {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
     for split, rows_of_split in index.items():
+        if split == "test" and test_f == 0:
+            continue
         missing = sorted(set(np.flatnonzero(np.bincount(labels))) - set(labels[rows_of_split]))
         if missing:
             raise ValueError(

@@ -13,34 +13,43 @@ A model is `uint8 image -> Rescaling(1/255) -> augmentation (training only)
 * `backbones`: `BACKBONES`, one record per pretrained network (builder,
   preprocessing, weights file, stage names), and `resolve_weights`.
 * `layers`: the serializable custom layers the models carry.
-* here: the head, stage freezing and `build_resnet` itself.
+* here: the head, stage freezing, the dtype-policy scope (`precision`) and
+  `build_resnet` itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import keras
 
-from resnet_tuner.config import ResNetConfig
+from resnet_tuner.config import PRECISIONS, ResNetConfig
 from resnet_tuner.model.augment import augmentation_layers
 from resnet_tuner.model.backbones import BACKBONES, pretrained_backbone
 from resnet_tuner.model.blocks import residual_backbone
 
-__all__ = ["build_resnet", "classifier_head", "describe", "freeze_stages", "stage_of"]
+__all__ = ["build_resnet", "classifier_head", "describe", "dtype_policy", "freeze_stages",
+           "precision_of", "stage_of"]
 
 
 def classifier_head(x, cfg: ResNetConfig, num_classes: int):
-    """Global average pooling -> dropout -> optional hidden dense -> classifier."""
+    """Global average pooling -> dropout -> optional hidden dense -> classifier.
+
+    The classifier computes in float32 whatever the dtype policy: a softmax in
+    float16 loses small probabilities, and the model's output stays float32.
+    """
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if cfg.dropout > 0:
         x = keras.layers.Dropout(cfg.dropout, name="head_dropout")(x)
     if cfg.head_hidden:
         x = keras.layers.Dense(cfg.head_hidden, activation="relu", name="head_hidden")(x)
     if cfg.binary_head:
-        return keras.layers.Dense(1, activation="sigmoid", name="predictions")(x)
-    return keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+        return keras.layers.Dense(1, activation="sigmoid", name="predictions",
+                                  dtype="float32")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", name="predictions",
+                              dtype="float32")(x)
 
 
 # This builder's layer names: `stem_conv`, `stage3_block2_conv1`, ...
@@ -87,11 +96,33 @@ def freeze_stages(model: keras.Model, stages: int) -> list[str]:
     return frozen
 
 
+@contextlib.contextmanager
+def dtype_policy(precision: str) -> Iterator[None]:
+    """Layers made inside take the Keras dtype policy `precision`; the previous one after.
+
+    Keras' global policy is per thread and read when a layer is made, so this
+    scopes it to one build (a pretrained `keras.applications` backbone takes no
+    `dtype=` argument, only the global policy). Setting it for good would leak
+    into the next trial of the same process.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"precision must be one of {PRECISIONS} (resolve 'auto' with "
+            f"resnet_tuner.devices.resolve_precision). Received: precision={precision!r}")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def build_resnet(
     config: ResNetConfig,
     input_shape: Sequence[int] = (224, 224, 3),
     num_classes: int = 1000,
     name: str | None = None,
+    precision: str = "float32",
 ) -> keras.Model:
     """Builds the classifier `config` describes.
 
@@ -105,9 +136,16 @@ def build_resnet(
         input_shape: `(height, width, channels)` of the images.
         num_classes: number of classes (2 for a sigmoid `binary_head`).
         name: model name; defaults to a short description of the config.
+        precision: the Keras dtype policy of its layers, one of
+            `config.PRECISIONS`: `"float32"`, or `"mixed_float16"` /
+            `"mixed_bfloat16"` (float32 weights, 16-bit compute). The input
+            (uint8) and the output (the float32 classifier) are the same
+            whatever the policy; the weights are float32 in all three, so they
+            move between policies with `set_weights`.
 
     Returns:
-        An uncompiled `keras.Model`.
+        An uncompiled `keras.Model`. Compiled with a `mixed_float16` policy,
+        Keras wraps its optimizer in a `LossScaleOptimizer`.
 
     Raises:
         ValueError: on an input shape or class count the config cannot take.
@@ -133,19 +171,34 @@ def build_resnet(
             f"Received: num_classes={num_classes}"
         )
 
-    inputs = keras.Input(shape=input_shape, dtype="uint8", name="image")
-    x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
-    for layer in augmentation_layers(config):
-        x = layer(x)
-    if config.backbone in BACKBONES:
-        x = pretrained_backbone(x, config)
-    else:
-        x = residual_backbone(x, config)
-    outputs = classifier_head(x, config, num_classes)
-    model = keras.Model(inputs, outputs, name=name or describe(config))
+    # The Model itself is made in the scope too: its policy decides whether
+    # compile() adds loss scaling (mixed_float16).
+    with dtype_policy(precision):
+        inputs = keras.Input(shape=input_shape, dtype="uint8", name="image")
+        x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+        for layer in augmentation_layers(config):
+            x = layer(x)
+        if config.backbone in BACKBONES:
+            x = pretrained_backbone(x, config)
+        else:
+            x = residual_backbone(x, config)
+        outputs = classifier_head(x, config, num_classes)
+        model = keras.Model(inputs, outputs, name=name or describe(config))
     if config.freeze_stages:
         freeze_stages(model, config.freeze_stages)
     return model
+
+
+def precision_of(model: keras.Model) -> str:
+    """The dtype policy a model of `build_resnet` computes with (its `rescale` layer's).
+
+    A reloaded model's own policy is Keras' default; its layers keep theirs.
+    """
+    try:
+        return model.get_layer("rescale").dtype_policy.name
+    except ValueError:  # not one of ours: the first layer that computes
+        return next((layer.dtype_policy.name for layer in model.layers
+                     if not isinstance(layer, keras.layers.InputLayer)), "float32")
 
 
 def describe(config: ResNetConfig) -> str:

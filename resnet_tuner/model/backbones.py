@@ -134,9 +134,11 @@ def resolve_weights(weights: str | None, backbone: str = "resnet50") -> Path | N
                 f"ImageNet weights for {record.title} are not in the Keras cache "
                 f"({cached}) and could not be downloaded ({type(err).__name__}: {err}). "
                 f"Download {record.weights_url} on a machine with internet access, then "
-                f"either copy it to {cached} or pass its path: weights='/path/to/"
-                f"{record.weights_file}' (in a search space file: weights = \"/path/...\"). "
-                "Use weights=None to train from random initialisation."
+                f"either copy it to {cached} or give its path: in a search space file, "
+                f"weights = \"/path/to/{record.weights_file}\" under [transfer]; in Python, "
+                f"ResNetConfig(weights='/path/to/{record.weights_file}'). To train from "
+                "random initialisation instead: weights = \"none\" in the space file, "
+                "weights=None in Python."
             ) from err
     path = Path(weights).expanduser()
     if not path.is_file():

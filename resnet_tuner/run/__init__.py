@@ -18,6 +18,12 @@ What lives where:
                handover between them.
 * `distribute` chief/worker search on keras-tuner's gRPC engine, heartbeats
                and the requeue of a silent worker's trial.
+* `auth`       who may talk to the chief: the shared token (`--token-file`)
+               and TLS (`Credentials`), the open-chief warning.
+* `trials`     the trials of a run read from disk, best first (no TensorFlow):
+               `resnet-tuner trials` and the report.
+* `checkpoints` `--keep-checkpoints`: after each trial, delete the checkpoints
+               no export, resume or Hyperband round will load.
 * `ktcompat`   every use of keras-tuner's private API, each covered by a
                contract test (tests/test_ktcompat.py).
 
@@ -44,6 +50,8 @@ _EXPORTS = {
     "run_search_in_processes": "processes",
     "SearchProcessError": "processes",
     "ChiefUnreachableError": "distribute",
+    "ChiefRefusedError": "distribute",
+    "Credentials": "auth",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -17,7 +17,15 @@ machines needs:
   from a worker for `worker_timeout` seconds, that worker's trial goes back in
   the queue, so a killed worker loses only its running trial;
 * the chief keeps idle workers waiting while other trials are still running
-  (one of them may come back), and exits once every trial has ended.
+  (one of them may come back), and exits once every trial has ended;
+* a chief killed and restarted with the same command resumes the run: finished
+  trials are kept, running ones stay with their workers (`resume_running`),
+  and a worker's calls wait up to `RPC_TIMEOUT_S` for the chief to come back
+  (`outlast_chief_restarts`), so workers carry on by themselves; a worker that
+  gave up (or died) is restarted with its same command and `--worker-id`;
+* with `auth.Credentials` (`--token-file`, `--tls-*`), only workers holding
+  the chief's token are served, over TLS if the chief has a certificate; a
+  chief listening beyond this machine without a token warns once.
 """
 
 from __future__ import annotations
@@ -25,9 +33,10 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 
-from resnet_tuner.run import ktcompat
+from resnet_tuner.run import auth, ktcompat
 
 #: Seconds between a worker's heartbeats while it trains.
 HEARTBEAT_S = 2.0
@@ -41,6 +50,10 @@ ENV_ID, ENV_IP, ENV_PORT = "KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERAS
 
 class ChiefUnreachableError(ConnectionError):
     """A worker could not reach the chief, or lost it."""
+
+
+class ChiefRefusedError(ChiefUnreachableError):
+    """The chief refused this worker's token."""
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -95,24 +108,66 @@ def address() -> str:
     return f"{os.environ[ENV_IP]}:{os.environ[ENV_PORT]}"
 
 
-def wait_for_chief(timeout: float) -> None:
-    """Returns once the chief answers; raises `ChiefUnreachableError` after `timeout` s."""
+def wait_for_chief(timeout: float, credentials: auth.Credentials | None = None) -> None:
+    """Returns once the chief answers a call made with `credentials` (TLS, token).
+
+    Raises:
+        ChiefRefusedError: at once, when the chief refuses this worker's token.
+        ChiefUnreachableError: no answer within `timeout` s (the message says
+            when the last error points at a TLS mismatch).
+    """
     import grpc
 
-    channel = grpc.insecure_channel(address())
+    credentials = credentials or auth.Credentials()
+    channel = credentials.channel(address(), os.environ.get(ENV_ID))
+    deadline, detail = time.monotonic() + timeout, ""
     try:
-        grpc.channel_ready_future(channel).result(timeout=timeout)
-    except grpc.FutureTimeoutError:
-        raise ChiefUnreachableError(
-            f"Could not reach the chief at {address()} within {timeout:g} s. Start the chief "
-            f"first (resnet-tuner search ... --chief {address()}), check the address and that "
-            "the port is open between the machines, or wait longer with --connect-timeout."
-        ) from None
+        while True:
+            try:
+                ktcompat.ask_for_space(channel, timeout=max(deadline - time.monotonic(), 0.1))
+                break
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    raise ChiefRefusedError(refused_message(err.details())) from None
+                detail = err.details() or str(err.code())
+            if time.monotonic() >= deadline:
+                raise ChiefUnreachableError(
+                    f"Could not reach the chief at {address()} within {timeout:g} s. Start the "
+                    f"chief first (resnet-tuner search ... --chief {address()}), check the "
+                    "address and that the port is open between the machines, or wait longer "
+                    f"with --connect-timeout.{credentials.unreachable_hint(detail)}"
+                ) from None
+            time.sleep(min(0.5, max(deadline - time.monotonic(), 0.0)))
     finally:
         channel.close()
     # keras-tuner's client waits up to an hour on every call; a worker whose chief
     # died should fail within minutes instead.
     ktcompat.set_rpc_timeout(RPC_TIMEOUT_S)
+
+
+def refused_message(detail: str) -> str:
+    """A worker's one line when the chief refuses its token (`detail`: the chief's reason)."""
+    return (f"the chief at {address()} refused this worker's token: {detail}. Check "
+            "--token-file: it must hold the same secret as the chief's.")
+
+
+def use_credentials(client, credentials: auth.Credentials | None = None) -> None:
+    """Sends a worker's `OracleClient` calls through `credentials` (TLS, the token).
+
+    Call it before the client's first call (right after the tuner is built).
+    """
+    channel = (credentials or auth.Credentials()).channel(address(), os.environ.get(ENV_ID))
+    ktcompat.use_channel(client, channel)
+
+
+def outlast_chief_restarts(client) -> None:
+    """A worker's calls to the chief retry while it restarts, each up to its RPC timeout.
+
+    Without this, a call in flight when the chief dies fails at once and the
+    worker exits (an idle worker is nearly always in a call). Call it once the
+    client's channel is final (after `use_credentials`).
+    """
+    ktcompat.retry_unavailable(client)
 
 
 class Heartbeat:
@@ -164,6 +219,12 @@ def _servicer(oracle):
             self.seen[request.trial_id] = time.monotonic()
             return super().GetTrial(request, context)
 
+        def EndTrial(self, request, context):  # noqa: N802
+            # Once per trial: a worker repeats an EndTrial its restarted chief never
+            # answered, and a worker counted as lost may end a trial rerun meanwhile.
+            _end_once(self.oracle, ktcompat.Trial.from_proto(request.trial))
+            return ktcompat.end_trial_response()
+
     return Servicer(oracle)
 
 
@@ -176,6 +237,31 @@ def _create_trial(oracle, tuner_id):
         oracle.tuner_ids.add(tuner_id)  # still a client: it will ask again
         return ktcompat.Trial(oracle.get_space(), status=ktcompat.TrialStatus.IDLE)
     return trial
+
+
+@ktcompat.synchronized
+def _end_once(oracle, trial):
+    return ktcompat.end_once(oracle, trial)
+
+
+def resume_running(oracle, log: Callable[[str], None] = print) -> dict[str, str]:
+    """A restarted chief gives the trials that were running back to their workers.
+
+    keras-tuner's reload queues them for a rerun, while their workers (which
+    wait up to `RPC_TIMEOUT_S` for the chief in every call) may still be
+    training them. Kept as theirs, a trial ends once when its worker reports;
+    a worker that does not come back within the chief's `worker_timeout` loses
+    it to the queue as a killed worker does; a worker restarted with the same
+    `--worker-id` gets it back at once. Call it before the oracle saves.
+
+    Returns:
+        worker id -> trial id of the trials given back.
+    """
+    restored = ktcompat.restore_running(oracle)
+    for tuner_id, trial_id in sorted(restored.items()):
+        log(f"chief: resuming; trial {trial_id} stays with worker {tuner_id} (back in the queue "
+            "if it does not report within --worker-timeout)")
+    return restored
 
 
 @ktcompat.synchronized
@@ -216,8 +302,38 @@ def requeue_silent_workers(oracle, seen: dict[str, float], now: float, worker_ti
     return requeued
 
 
+def open_server(oracle, credentials: auth.Credentials | None = None,
+                log: Callable[[str], None] = print):
+    """Starts the chief's gRPC server for `oracle` on `address()`.
+
+    With a certificate in `credentials` it listens with TLS; with a token, every
+    call must carry it (refused workers are logged to `log`, once each). Without
+    a token on a non-loopback address it warns (`auth.OpenChiefWarning`).
+
+    Returns:
+        `(server, servicer)`; stop the server with `server.stop(grace)`.
+    """
+    from concurrent import futures
+
+    import grpc
+
+    credentials = credentials or auth.Credentials()
+    if credentials.token() is None and not auth.is_loopback(os.environ[ENV_IP].strip("[]")):
+        warnings.warn(auth.open_chief_warning(address()), auth.OpenChiefWarning, stacklevel=2)
+    servicer = _servicer(oracle)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
+                         interceptors=credentials.server_interceptors(log))
+    ktcompat.add_servicer(servicer, server)
+    if credentials.add_port(server, address()) == 0:
+        raise OSError(f"The chief cannot listen on {address()}: the port is taken or the "
+                      "address is not this machine's.")
+    server.start()
+    return server, servicer
+
+
 def serve(oracle, worker_timeout: float = 60.0, on_trial_end: Callable | None = None,
-          log: Callable[[str], None] = print, poll: float = 0.5) -> None:
+          log: Callable[[str], None] = print, poll: float = 0.5,
+          credentials: auth.Credentials | None = None) -> None:
     """Runs the chief: serves `oracle` until the search is over and every worker has left.
 
     Args:
@@ -226,20 +342,15 @@ def serve(oracle, worker_timeout: float = 60.0, on_trial_end: Callable | None = 
         on_trial_end: called with each trial that ends (for progress lines).
         log: where the chief's messages go.
         poll: seconds between the chief's checks.
+        credentials: the chief's token and TLS files (`open_server`).
     """
-    from concurrent import futures
-
-    import grpc
-
-    servicer = _servicer(oracle)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    ktcompat.add_servicer(servicer, server)
-    if server.add_insecure_port(address()) == 0:
-        raise OSError(f"The chief cannot listen on {address()}: the port is taken or the "
-                      "address is not this machine's.")
-    server.start()
+    credentials = credentials or auth.Credentials()
+    server, servicer = open_server(oracle, credentials, log)
+    worker_flags = "".join(flag for flag, needed in ((" --token-file PATH", credentials.token_file),
+                                                      (" --tls-ca CA.pem", credentials.tls_cert))
+                           if needed)
     log(f"chief: serving the search at {address()}; start workers with "
-        f"--worker {address()} --worker-id NAME")
+        f"--worker {address()} --worker-id NAME{worker_flags}")
     reported = len(oracle.end_order)
     try:
         while True:

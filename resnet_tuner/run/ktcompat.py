@@ -21,15 +21,28 @@ Uses (keras-tuner name -> helper here):
 * `keras_tuner.src.distribute.oracle_client.TIMEOUT` -> `set_rpc_timeout`;
 * `OracleClient.stub` and `keras_tuner.src.protos` -> `send_heartbeat`,
   `create_trial_response`, `add_servicer`;
+* `OracleClient.stub` built on a channel of ours (keras-tuner's client opens
+  its own plaintext channel, without metadata) and `protos` `OracleStub` /
+  `GetSpaceRequest` -> `use_channel`, `ask_for_space`;
 * `keras_tuner.src.distribute.oracle_chief.OracleServicer` -> `servicer_base`;
+* `Oracle._get_oracle_fname()` and its saved `ongoing_trials`, undoing
+  `Oracle.reload()`'s requeue of running trials (a restarted chief), and
+  `Oracle._display.on_trial_begin` -> `restore_running`; `Oracle.end_order` / `_retry_queue` before
+  `Oracle.end_trial` -> `end_once`; `OracleClient.stub` wrapped, its calls
+  passing `timeout=` -> `retry_unavailable`;
 * `Oracle.ongoing_trials`, `tuner_ids`, `end_order` (undocumented attributes
   without an underscore; the chief in `distribute` reads them) -> checked in
   the same contract tests;
 * `kt.synchronized` on module functions whose first argument is the oracle
-  (documented for methods only) -> `synchronized`.
+  (documented for methods only) -> `synchronized`;
+* `Tuner._get_checkpoint_fname(trial_id)` -> `checkpoint_path`;
+  `HyperbandOracle._brackets` (rounds of `{"id", "past_id"}`) and
+  `_get_size(bracket, round)` -> `promotable` (`run.checkpoints` prunes).
 """
 
 from __future__ import annotations
+
+import time
 
 import keras_tuner as kt
 from keras_tuner.engine.trial import Trial, TrialStatus
@@ -37,7 +50,9 @@ from keras_tuner.engine.trial import Trial, TrialStatus
 __all__ = [
     "InitialFirst", "Trial", "TrialStatus", "add_servicer", "create_trial_response",
     "init_tuner_with_oracle", "is_worker", "nothing_left", "requeue", "send_heartbeat",
-    "servicer_base", "set_rpc_timeout", "synchronized",
+    "servicer_base", "set_rpc_timeout", "synchronized", "use_channel", "ask_for_space",
+    "end_once", "end_trial_response", "restore_running", "retry_unavailable",
+    "checkpoint_path", "promotable",
 ]
 
 
@@ -118,6 +133,110 @@ def nothing_left(oracle) -> bool:
     return not oracle.ongoing_trials and not oracle.tuner_ids and not oracle._retry_queue
 
 
+def restore_running(oracle) -> dict[str, str]:
+    """Gives the trials that were running when the chief stopped back to their workers.
+
+    `Oracle.reload()` (a restarted chief) puts every trial its saved state lists
+    as running into `Oracle._retry_queue`, so the next worker that asks runs it
+    again while the worker that had it may still be training it: the trial
+    would run twice. This reads the saved state's `ongoing_trials` (tuner id ->
+    trial id) from `Oracle._get_oracle_fname()` (written before the reload; call
+    this before the oracle saves again) and makes those trials running under
+    their workers again, as before the stop. Not synchronized: the chief calls
+    it before it serves.
+
+    Returns:
+        tuner id -> trial id of the trials given back.
+    """
+    import json
+
+    try:
+        with open(oracle._get_oracle_fname(), encoding="utf-8") as file:
+            saved = json.load(file).get("ongoing_trials", {})
+    except (OSError, ValueError):
+        return {}
+    restored = {}
+    for tuner_id, trial_id in saved.items():
+        trial = oracle.trials.get(trial_id)
+        if (trial is None or trial_id not in oracle._retry_queue
+                or tuner_id in oracle.ongoing_trials):
+            continue
+        oracle._retry_queue.remove(trial_id)
+        trial.status = TrialStatus.RUNNING
+        oracle.ongoing_trials[tuner_id] = trial
+        oracle.tuner_ids.add(tuner_id)
+        # What create_trial does for a trial it hands out: the display's end line
+        # (run by end_trial) reads the trial's start and number noted here.
+        oracle._display.on_trial_begin(trial)
+        restored[tuner_id] = trial_id
+    return restored
+
+
+def end_once(oracle, trial) -> bool:
+    """`Oracle.end_trial(trial)` unless the trial has ended already; False then.
+
+    A worker sends EndTrial again when the chief died before answering it, and
+    a worker counted as lost may end a trial that was rerun meanwhile:
+    keras-tuner would append it to `Oracle.end_order` twice (counted twice).
+    A trial that completes while queued for a rerun (`Oracle._retry_queue`)
+    leaves the queue. Not synchronized: call it under `kt.synchronized`.
+    """
+    if trial.trial_id in oracle.end_order:
+        return False
+    if trial.status == TrialStatus.COMPLETED and trial.trial_id in oracle._retry_queue:
+        oracle._retry_queue.remove(trial.trial_id)
+    oracle.end_trial(trial)
+    return True
+
+
+def end_trial_response():
+    """The gRPC answer to a worker's EndTrial."""
+    from keras_tuner.src import protos
+
+    return protos.get_service().EndTrialResponse()
+
+
+class _RetryingStub:
+    """A worker's `OracleClient.stub` whose calls outlast a chief restart (`retry_unavailable`)."""
+
+    def __init__(self, stub, pause: float):
+        self.stub, self.pause = stub, pause
+
+    def __getattr__(self, name):
+        import grpc
+
+        method = getattr(self.stub, name)
+
+        def call(request, timeout=None, **kwargs):
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.01)
+                try:
+                    return method(request, timeout=left, **kwargs)
+                except grpc.RpcError as err:
+                    code = err.code() if callable(getattr(err, "code", None)) else None
+                    if code != grpc.StatusCode.UNAVAILABLE or (
+                            deadline is not None and deadline - time.monotonic() < self.pause):
+                        raise
+                time.sleep(self.pause)
+
+        return call
+
+
+def retry_unavailable(client, pause: float = 1.0) -> None:
+    """Retries a worker's calls to the chief that fail as UNAVAILABLE, within each call's timeout.
+
+    keras-tuner's `OracleClient` calls with `wait_for_ready=True`, which waits
+    for a chief that is down when the call starts, but a call in flight when
+    the chief dies fails at once (UNAVAILABLE): an idle worker is nearly always
+    in one. Retried until the call's own `timeout` (`set_rpc_timeout`), a
+    worker outlasts a chief restart. Wraps `OracleClient.stub`: call it after
+    the stub is final (`use_channel`).
+    """
+    if not isinstance(client.stub, _RetryingStub):
+        client.stub = _RetryingStub(client.stub, pause)
+
+
 def set_rpc_timeout(seconds: float) -> None:
     """Seconds a worker's call to the chief may take (keras-tuner's default is an hour)."""
     from keras_tuner.src.distribute import oracle_client
@@ -151,3 +270,68 @@ def add_servicer(servicer, server) -> None:
     from keras_tuner.src import protos
 
     protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+
+
+def use_channel(client, channel) -> None:
+    """Sends every call of a worker's `OracleClient` through `channel` (TLS, a token).
+
+    keras-tuner's client builds its stub on a plaintext channel of its own in
+    `__init__`, before any call; swapping the stub before the first call leaves
+    that channel unused.
+    """
+    from keras_tuner.src import protos
+
+    client.stub = protos.get_service_grpc().OracleStub(channel)
+
+
+def ask_for_space(channel, timeout: float) -> None:
+    """One `GetSpace` call to the chief on `channel`, failing fast (no wait for ready).
+
+    Raises:
+        grpc.RpcError: the chief refused the call or could not be reached.
+    """
+    from keras_tuner.src import protos
+
+    stub = protos.get_service_grpc().OracleStub(channel)
+    stub.GetSpace(protos.get_service().GetSpaceRequest(), timeout=timeout, wait_for_ready=False)
+
+
+def checkpoint_path(tuner, trial_id: str) -> str:
+    """The file keras-tuner saves a trial's best epoch's weights to (and loads them from)."""
+    return tuner._get_checkpoint_fname(trial_id)
+
+
+def promotable(oracle) -> set[str]:
+    """Hyperband: completed trials a later round of an unfinished bracket may still promote.
+
+    keras-tuner's `HyperbandOracle.populate_space` fills round r + 1 of a
+    bracket with the best completed, not yet promoted trials of round r, one
+    at a time, until the round has `_get_size(bracket, r + 1)` trials; a
+    promoted trial starts from its parent's checkpoint. A trial with at least
+    as many strictly better such rivals as places are left can never be
+    picked. Finished brackets are dropped from `_brackets`. Other oracles:
+    an empty set.
+    """
+    brackets = getattr(oracle, "_brackets", None)
+    if not brackets:
+        return set()
+    maximize = oracle.objective.direction == "max"
+    kept: set[str] = set()
+    for bracket in brackets:
+        rounds = bracket["rounds"]
+        for round_num in range(len(rounds) - 1):
+            places = oracle._get_size(bracket["bracket_num"], round_num + 1) - len(
+                rounds[round_num + 1])
+            if places <= 0:
+                continue
+            promoted = {info["past_id"] for info in rounds[round_num + 1]}
+            rivals = [oracle.trials[info["id"]] for info in rounds[round_num]
+                      if info["id"] not in promoted and info["id"] in oracle.trials]
+            scores = [t.score for t in rivals if t.status == "COMPLETED" and t.score is not None]
+            for trial in rivals:
+                if trial.status != "COMPLETED" or trial.score is None:
+                    continue
+                better = sum((s > trial.score) if maximize else (s < trial.score) for s in scores)
+                if better < places:
+                    kept.add(trial.trial_id)
+    return kept

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_tuner.config import TUNERS
+from resnet_tuner.devices import PRECISION_CHOICES, check_devices, parse_devices
 
 #: Data directory name that selects scikit-learn's bundled digits.
 DIGITS = "digits"
@@ -62,6 +63,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return 0 if text.strip() == "0" else positive_int(text)
+
+
 def fractions(text: str) -> tuple[float, float, float]:
     """argparse type: `0.8,0.1,0.1` -> `(0.8, 0.1, 0.1)`."""
     try:
@@ -87,11 +93,24 @@ def _check_data_dir(data_dir) -> None:
         )
 
 
+def _check_mlflow(uri) -> None:
+    from resnet_tuner.tracking import require_mlflow
+
+    require_mlflow()
+
+
 def kt_objective(name: str):
     """`keras_tuner.Objective` of an `OBJECTIVES` name, with its direction."""
     import keras_tuner as kt
 
     return kt.Objective(name, OBJECTIVES[name])
+
+
+def strategy_of(devices):
+    """`--devices` -> keras-tuner's `distribution_strategy` (None for one device)."""
+    from resnet_tuner.devices import distribution_strategy
+
+    return distribution_strategy(devices)
 
 
 def oracle_seed(seed: int) -> int:
@@ -191,14 +210,17 @@ class SearchOptions:
         help="images are resized to SIZE x SIZE (default: {default})")
     batch_size: int | None = option(
         None, parse=positive_int, minimum=1, identity=True, metavar="N",
-        help="batch size (default: the space's choice)")
+        help="batch size; with --devices the global batch, split across the devices "
+             "(default: the space's choice)")
     seed: int = option(
         0, parse=int, identity=True, tuner_kwarg="seed", to_tuner=oracle_seed,
         help="seed of the split and the tuner (default: {default})")
     split: tuple[float, float, float] = option(
         (0.8, 0.1, 0.1), parse=fractions, identity=True, check=_check_split,
         metavar="TRAIN,VAL,TEST",
-        help="train,val,test fractions for a folder of class subfolders (default: {default})")
+        help="train,val,test fractions for a folder of class subfolders; TEST 0 keeps no test "
+             "split (all images for the search; the accuracy reported is then the search's "
+             "validation accuracy, optimistic) (default: {default})")
     resize: str = option(
         "stretch", choices=resize_modes, identity=True,
         help="how images are fitted to the size (default: {default})")
@@ -225,9 +247,44 @@ class SearchOptions:
         None, parse=positive_int, minimum=1, identity=True, metavar="PATIENCE",
         help="end a trial after PATIENCE epochs without a better objective (default: every "
              "trial trains all its epochs)")
+    precision: str = option(
+        "float32", choices=PRECISION_CHOICES, identity=True,
+        help="dtype policy the trials train with: float32, mixed_float16 or mixed_bfloat16 "
+             "(float32 weights, 16-bit compute; input uint8 and output float32 either way), "
+             "or auto: mixed_float16 on GPUs of compute capability 7.0 or more, "
+             "mixed_bfloat16 on a CPU with native bfloat16 (AMX or AVX512_BF16 flags), "
+             "float32 otherwise (default: {default})")
+    devices: str | int | None = option(
+        None, parse=parse_devices, check=check_devices, tuner_kwarg="distribution_strategy",
+        to_tuner=strategy_of, metavar="all|N",
+        help="train each trial on several devices at once (tf.distribute.MirroredStrategy): "
+             "'all' the GPUs, or the first N (without a GPU: the CPU devices). The batch size "
+             "(--batch-size or the space's) is the global batch, split across the devices "
+             "(default: one device, no strategy)")
+    keep_checkpoints: int = option(
+        3, parse=non_negative_int, minimum=0, metavar="K",
+        help="after each trial, delete the weight checkpoints of all finished trials but the "
+             "best K (keras-tuner keeps one a trial: a few MB for small models, ~100 MB for a "
+             "ResNet50); the best K, ties with the K-th, and the checkpoints Hyperband "
+             "builds them or a later round from are kept. 0 keeps them all "
+             "(default: {default})")
     overwrite: bool = option(
         False, tuner_kwarg="overwrite",
         help="start over instead of resuming the run in --out")
+    tensorboard: str | None = option(
+        None, metavar="DIR",
+        help="write TensorBoard logs to DIR: each trial's curves in DIR/<trial id>/, and "
+             "every trial's hyperparameters and results in the HParams dashboard "
+             "(tensorboard --logdir DIR) (default: none)")
+    mlflow: str | None = option(
+        None, metavar="URI", check=_check_mlflow,
+        help="log each trial as an MLflow run (its hyperparameters and per-epoch metrics) and "
+             "the exported bundle as an artifact of the best trial's run, to the tracking "
+             "server or store at URI: http://HOST:PORT, or file:///path/mlruns for a folder "
+             "(needs pip install \"resnet-tuner[mlflow]\") (default: none)")
+    mlflow_experiment: str | None = option(
+        None, metavar="NAME",
+        help="the MLflow experiment of --mlflow's runs (default: the name of --out's folder)")
 
     def validate(self, *, paths: bool = True) -> None:
         """Checks every field against its `Option`.

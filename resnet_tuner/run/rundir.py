@@ -121,13 +121,39 @@ def load_data(options: SearchOptions, run_dir: Path, verbose: int = 1):
     if manifest.is_file() and not options.overwrite:
         return ImageFolder.from_manifest(manifest, verbose=verbose)
     limit = {} if options.max_pixels is None else {"max_pixels": options.max_pixels}
-    data = ImageFolder(options.data_dir, image_size=size, split=options.split, seed=options.seed,
-                       resize=options.resize, verbose=verbose, **limit)
+    data = ImageFolder(options.data_dir, image_size=size, split=_split_to_use(options),
+                       seed=options.seed, resize=options.resize, verbose=verbose, **limit)
     data.write_manifest(manifest)
     from resnet_tuner.card import SKIPPED_FILE, write_skipped  # the manifest lists used files only
 
     write_skipped(Path(run_dir) / SKIPPED_FILE, data.skipped, data.root)
     return data
+
+
+def _split_to_use(options: SearchOptions):
+    """`options.split`, or None (the default) when it is the default or the folder ignores it.
+
+    A `--split` other than the default on a folder already split into train/,
+    val/ and test/ is said in one warning, in the command line's words.
+    """
+    import warnings
+
+    from resnet_tuner.data.folder import (
+        SplitIgnoredWarning,
+        split_ignored,
+        split_ignored_message,
+    )
+    from resnet_tuner.data.scan import presplit_folders
+    from resnet_tuner.data.splits import DEFAULT_SPLIT
+
+    if tuple(options.split) == DEFAULT_SPLIT:
+        return None
+    if split_ignored(presplit_folders(Path(options.data_dir))):
+        flag = "--split " + ",".join(f"{f:g}" for f in options.split)
+        warnings.warn(SplitIgnoredWarning(split_ignored_message(flag, options.data_dir)),
+                      stacklevel=3)
+        return None
+    return options.split
 
 
 def search_space(options: SearchOptions):

@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from resnet_tuner.run import distribute, progress
+from resnet_tuner.run import auth, distribute, progress
 from resnet_tuner.run.options import DIGITS, SearchOptions, kt_objective
 from resnet_tuner.run.processes import Handover
 from resnet_tuner.run.rundir import (
@@ -30,7 +30,8 @@ def open_tuner(options: SearchOptions, run_dir: Path, space, data, verbose: int 
     hypermodel = ResNetHyperModel(space, input_shape=data.input_shape,
                                   num_classes=data.num_classes, class_weight=options.class_weight,
                                   objective=kt_objective(options.objective),
-                                  early_stopping=options.early_stopping)
+                                  early_stopping=options.early_stopping,
+                                  precision=options.precision)
     return make_tuner(options, hypermodel, run_dir, verbose=verbose)
 
 
@@ -88,9 +89,9 @@ def run_search(options: SearchOptions, verbose: int = 1, **kwargs):
 
 
 def _run_search(options: SearchOptions, verbose: int = 1, *, connect_timeout: float = 60.0,
-                worker_timeout: float = 60.0, stop_after: int | None = None,
-                started: float | None = None, done_at_start: int | None = None,
-                summary: bool = True):
+                worker_timeout: float = 60.0, credentials: auth.Credentials | None = None,
+                stop_after: int | None = None, started: float | None = None,
+                done_at_start: int | None = None, summary: bool = True):
     """Runs (or resumes) a search; returns `(tuner, data)`.
 
     In a distributed search (see `resnet_tuner.run.distribute`) the chief serves
@@ -104,6 +105,8 @@ def _run_search(options: SearchOptions, verbose: int = 1, *, connect_timeout: fl
         connect_timeout: seconds a worker waits for the chief.
         worker_timeout: seconds of silence after which the chief counts a
             worker as lost and queues its trial again.
+        credentials: the chief's or a worker's token and TLS files
+            (`auth.Credentials`; checked against the role before anything runs).
         stop_after: run at most this many trials, then return with
             `tuner.recycled` set if trials are left (see `run_search_in_processes`).
         started, done_at_start: the whole search's start time and finished
@@ -112,17 +115,21 @@ def _run_search(options: SearchOptions, verbose: int = 1, *, connect_timeout: fl
             not: the series printed them).
 
     Raises:
-        ValueError / FileNotFoundError / SpaceError: bad options, data or space.
-        ChiefUnreachableError: a worker could not reach, or lost, its chief.
+        ValueError / FileNotFoundError / SpaceError: bad options, data, space or
+            credentials.
+        ChiefUnreachableError: a worker could not reach, or lost, its chief
+            (`ChiefRefusedError`: the chief refused its token).
     """
     options.validate()
     role = distribute.role()
+    credentials = credentials or auth.Credentials()
+    credentials.check(role)
     run_dir = Path(options.out)
     space = search_space(options)  # fail on a bad space before touching the run dir
     if role == "worker":
         if options.overwrite:
             raise ValueError("--overwrite is for the chief: a worker joins the chief's run.")
-        distribute.wait_for_chief(connect_timeout)  # the chief writes run.json first
+        distribute.wait_for_chief(connect_timeout, credentials)  # the chief writes run.json first
         if not (run_dir / RUN_FILE).is_file():
             raise FileNotFoundError(
                 f"The chief at {distribute.address()} is up but {run_dir} holds no {RUN_FILE}: "
@@ -134,13 +141,21 @@ def _run_search(options: SearchOptions, verbose: int = 1, *, connect_timeout: fl
         check_resume(run_dir, options)
         space, data = prepare_run(options, verbose, summary=summary and verbose >= 1)
     tuner = open_tuner(options, run_dir, space, data, verbose=verbose)
-    tuner.worker_timeout = worker_timeout
+    if role == "worker":
+        distribute.use_credentials(tuner.oracle, credentials)
+    tuner.worker_timeout, tuner.credentials = worker_timeout, credentials
     tuner.stop_after, tuner.search_started_at = stop_after, started
     tuner.done_at_start = done_at_start
     tuner.epoch_progress = verbose >= 1
     fit_kwargs: dict[str, Any] = {"verbose": 0}
     if options.tuner != "hyperband":  # Hyperband sets each trial's epochs itself
         fit_kwargs["epochs"] = tuner.trial_epochs
+    from resnet_tuner.tracking import search_callbacks
+
+    # --tensorboard / --mlflow: keras-tuner gives a TensorBoard callback a folder per trial
+    # and adds the HParams dashboard's; our tuners tell an MlflowLogger each trial.
+    if callbacks := search_callbacks(options):
+        fit_kwargs["callbacks"] = callbacks
     import grpc
 
     with warnings.catch_warnings():
@@ -153,9 +168,13 @@ def _run_search(options: SearchOptions, verbose: int = 1, *, connect_timeout: fl
             if role != "worker":
                 raise
             detail = err.details() if hasattr(err, "details") else str(err)
+            if getattr(err, "code", lambda: None)() == grpc.StatusCode.UNAUTHENTICATED:
+                # e.g. the chief was restarted with another --token-file
+                raise distribute.ChiefRefusedError(distribute.refused_message(detail)) from None
             raise distribute.ChiefUnreachableError(
                 f"Worker {tuner.tuner_id} lost the chief at {distribute.address()}: {detail}. "
-                "Its trial goes to another worker once the chief notices."
+                "Its trial goes to another worker once the chief notices; once the chief is "
+                "back (restarted with its same command), rerun this command to rejoin."
             ) from None
     return tuner, data
 

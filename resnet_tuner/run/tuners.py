@@ -11,12 +11,18 @@ keras-tuner's tuners with keras-tuner's constructor arguments, plus:
   initial configurations wherever they lie on the grid, and starting the walk
   elsewhere would skip the grid points before them;
 * each trial leaves `history.json` (per-epoch metrics, model size, wall time)
-  in its trial folder, and a progress line is printed when it ends (with
+  in its trial folder (and `progress.json` after each epoch, for `resnet-tuner
+  trials` while it runs), and a progress line is printed when it ends (with
   `epoch_progress`, progress within the trial too: `progress.EpochProgress`);
 * Hyperband's `max_trials` is the number of trials its brackets run
   (`hyperband_trials`), capped by the `max_trials` given: a progress line's
   "trial 3 of N" is true for every tuner;
-* they run as a distributed chief or worker (`resnet_tuner.run.distribute`).
+* they run as a distributed chief or worker (`resnet_tuner.run.distribute`);
+* callbacks given to `search` that are `tracking.TrialLogger`s (`MlflowLogger`)
+  are told when each trial begins and ends, so they can log it as one run;
+* with `keep_checkpoints = K` (`make_tuner` sets `--keep-checkpoints`'s), the
+  checkpoints of all but the best K finished trials are deleted after each
+  trial, except those Hyperband may still load (`resnet_tuner.run.checkpoints`).
 
 Example:
     >>> from resnet_tuner import Hyperband, ResNetHyperModel
@@ -41,10 +47,12 @@ from pathlib import Path
 
 import keras_tuner as kt
 
+from resnet_tuner.devices import training_record
 from resnet_tuner.run import distribute, ktcompat, progress
 from resnet_tuner.run.options import SearchOptions
 from resnet_tuner.run.processes import Handover
 from resnet_tuner.run.rundir import ENDED, PROJECT
+from resnet_tuner.run.trials import write_progress
 
 
 def _initial(hypermodel) -> list[dict]:
@@ -63,6 +71,8 @@ class RecordingTuner:
     progress_stream = None  # None: sys.stdout at print time
     #: Seconds of silence after which a distributed chief counts a worker as lost.
     worker_timeout: float = 60.0
+    #: A distributed chief's token and TLS files (`auth.Credentials`; None: none).
+    credentials = None
     #: Trials this process runs before it hands over to a fresh one (None: all).
     stop_after: int | None = None
     #: Set when this process stopped after `stop_after` trials with trials left.
@@ -71,9 +81,15 @@ class RecordingTuner:
     #: progress lines that span several processes (None: this process's own).
     search_started_at: float | None = None
     done_at_start: int | None = None
+    #: `callbacks=` of `search` that are told each trial (`tracking.TrialLogger`).
+    _trial_loggers: tuple = ()
     #: Show progress within each trial (`progress.EpochProgress`); the CLI's
     #: searches do, the Python API leaves it to `search(verbose=...)`.
     epoch_progress: bool = False
+    #: After each trial, delete the checkpoints of all finished trials but the best
+    #: this many and those Hyperband may still load (`run.checkpoints`); 0 keeps
+    #: all, as keras-tuner does. `make_tuner` sets `SearchOptions.keep_checkpoints`.
+    keep_checkpoints: int = 0
 
     def _print(self, line: str) -> None:
         print(line, file=self.progress_stream or sys.stdout, flush=True)
@@ -85,7 +101,7 @@ class RecordingTuner:
                                       stream=lambda: self.progress_stream or sys.stdout)
 
     def run_trial(self, trial, *args, **kwargs):
-        started = time.time()
+        started = self._trial_started = time.time()
         if self.epoch_progress:
             kwargs["callbacks"] = [*kwargs.get("callbacks", []), self._epoch_callback(trial)]
         try:
@@ -106,21 +122,60 @@ class RecordingTuner:
             "ended": time.time(),
             "history": getattr(history, "history", {}),
             "params": model.count_params() if model is not None else None,
+            **self.training_record(trial),
         }
         path = Path(self.get_trial_dir(trial.trial_id)) / "history.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, default=float))
         return histories
 
+    def training_record(self, trial) -> dict:
+        """How the trial trained: dtype policy, replicas, global and per-replica batch."""
+        configs = getattr(self.hypermodel, "configs", None)
+        batch = configs(trial.hyperparameters)[1].batch_size if configs else None
+        return training_record(getattr(self.hypermodel, "precision", None),
+                               self.distribution_strategy, batch)
+
+    def on_trial_begin(self, trial):
+        super().on_trial_begin(trial)
+        for logger in self._trial_loggers:  # before keras-tuner copies the callbacks
+            logger.trial_started(trial, self)
+
+    def on_epoch_end(self, trial, model, epoch, logs=None):
+        super().on_epoch_end(trial, model, epoch, logs=logs)
+        # keras-tuner writes trial.json only when a trial starts and ends: this file
+        # lets `resnet-tuner trials` show a running trial's epochs and time.
+        write_progress(self.get_trial_dir(trial.trial_id), epoch,
+                       getattr(self, "_trial_started", None), logs)
+
     def on_trial_end(self, trial):
         super().on_trial_end(trial)
+        for logger in self._trial_loggers:  # the oracle has recorded status and score
+            logger.trial_ended(trial, self)
         self._print_progress(trial)
+        self._prune_checkpoints()
         self._ran_here = getattr(self, "_ran_here", 0) + 1
         if self.stop_after and self._ran_here >= self.stop_after:
             remaining = self.oracle.remaining_trials()
             if remaining is None or remaining > 0:
                 self.recycled = True
                 raise Handover()
+
+    def _prune_checkpoints(self) -> None:
+        if not self.keep_checkpoints or ktcompat.is_worker(self):  # the chief's oracle decides
+            return
+        from resnet_tuner.run.checkpoints import prune
+
+        try:
+            prune(self, self.keep_checkpoints)
+        except OSError as err:  # a full or read-only disk must not end the search
+            import warnings
+
+            warnings.warn(f"could not delete old checkpoints: {err}", stacklevel=2)
+
+    def _chief_trial_ended(self, trial) -> None:
+        self._print_progress(trial)
+        self._prune_checkpoints()
 
     def _print_progress(self, trial):
         if ktcompat.is_worker(self):  # the chief prints the search's progress
@@ -136,10 +191,18 @@ class RecordingTuner:
             t.status in ENDED for t in getattr(self.oracle, "trials", {}).values()
         )
         if distribute.role() == "chief":  # serve trials to the workers until all are done
+            distribute.resume_running(self.oracle, log=self._print)  # before the oracle saves
             self.save()
-            distribute.serve(self.oracle, self.worker_timeout, on_trial_end=self._print_progress,
-                             log=self._print)
+            distribute.serve(self.oracle, self.worker_timeout,
+                             on_trial_end=self._chief_trial_ended,
+                             log=self._print, credentials=self.credentials)
             return None
+        if ktcompat.is_worker(self):
+            distribute.outlast_chief_restarts(self.oracle)
+        from resnet_tuner.tracking import TrialLogger
+
+        self._trial_loggers = [c for c in kwargs.get("callbacks") or []
+                               if isinstance(c, TrialLogger)]
         return super().search(*args, **kwargs)
 
 
@@ -340,4 +403,5 @@ def make_tuner(options: SearchOptions | str, hypermodel, directory: str | os.Pat
             **options.tuner_arguments(epochs=epochs))
     tuner.progress_total = tuner.oracle.max_trials  # Hyperband: what its brackets run
     tuner.trial_epochs = epochs  # what each trial trains for (Hyperband: at most)
+    tuner.keep_checkpoints = options.keep_checkpoints
     return tuner
