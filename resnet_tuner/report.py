@@ -50,10 +50,12 @@ def font_families() -> list[str]:
                 pass
     default = font_manager.findfont(font_manager.FontProperties())
     first = next((e.name for e in manager.ttflist if e.fname == default), None)
-    # Only families with an upright regular face: for the others matplotlib
-    # substitutes another weight and logs a "findfont: Failed to find" line.
+    # Only families with an upright face of regular or medium weight (400-500:
+    # WenQuanYi Zen Hei, Debian's small CJK font, has only 500): for the others
+    # matplotlib substitutes another weight and logs a "findfont: Failed to find" line.
     regular = {e.name for e in manager.ttflist
-               if e.style == "normal" and font_manager.weight_dict.get(e.weight, e.weight) == 400}
+               if e.style == "normal"
+               and 400 <= font_manager.weight_dict.get(e.weight, e.weight) <= 500}
     others = sorted(regular - {first})
     return [first, *others] if first else others
 
