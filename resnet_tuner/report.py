@@ -15,6 +15,7 @@ script, lists index -> name: never empty boxes, never a warning per glyph.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import json
@@ -65,8 +66,9 @@ def _characters(family: str) -> frozenset[int]:
     """Code points the font matplotlib picks for `family` (normal style) has a glyph for."""
     from matplotlib import font_manager
 
-    path = font_manager.findfont(font_manager.FontProperties(family=[family]),
-                                 fallback_to_default=False)
+    with quiet_font_weights():
+        path = font_manager.findfont(font_manager.FontProperties(family=[family]),
+                                     fallback_to_default=False)
     charmap = font_manager.get_font(path).get_charmap()
     return frozenset(code for code, glyph in charmap.items() if glyph)
 
@@ -141,6 +143,27 @@ def confusion_matrix_figure(matrix, class_names: Sequence[str], title: str,
     return fig, legend
 
 
+class _NoWeightSubstitution:
+    """Drops matplotlib's "Failed to find font weight 400 for F, now using 500" line:
+    `font_families` admits medium-weight faces on purpose (a CJK font may have no other)."""
+
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith("findfont: Failed to find font weight")
+
+
+@contextlib.contextmanager
+def quiet_font_weights():
+    """While drawing: no log line for a label font drawn at its only (medium) weight."""
+    import logging
+
+    logger, quiet = logging.getLogger("matplotlib.font_manager"), _NoWeightSubstitution()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 # ------------------------------------------------------------------------ report
 def write_report(run_dir: str | os.PathLike, to: str | os.PathLike | None = None) -> Path:
     """Writes `index.html` and its PNG plots; returns the HTML path.
@@ -165,7 +188,8 @@ def write_report(run_dir: str | os.PathLike, to: str | os.PathLike | None = None
     figures: list[tuple[str, str]] = []
 
     def save(fig, name: str, caption: str) -> None:
-        fig.savefig(out / name, dpi=110)  # figures use constrained layout: nothing cut off
+        with quiet_font_weights():  # figures use constrained layout: nothing cut off
+            fig.savefig(out / name, dpi=110)
         plt.close(fig)
         figures.append((name, caption))
 

@@ -1,7 +1,9 @@
 """The HTML report: class names in any script draw without tofu or glyph warnings, and
 nothing in the plots is cut off."""
 
+import contextlib
 import json
+import logging
 import warnings
 
 import matplotlib.pyplot as plt
@@ -27,12 +29,31 @@ def drawable(label):
     return all(ord(ch) in covered for ch in label.get_text())
 
 
+@contextlib.contextmanager
+def font_log():
+    """The lines matplotlib's font manager logs at WARNING inside the block."""
+    lines = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    logger, catch = logging.getLogger("matplotlib.font_manager"), Catch(logging.WARNING)
+    logger.addHandler(catch)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(catch)
+
+
 def draw(fig):
-    """Renders `fig`, returning the warnings matplotlib raised while drawing."""
-    with warnings.catch_warnings(record=True) as caught:
+    """Renders `fig` as the report does, returning the warnings matplotlib raised
+    and the lines its font manager logged while drawing."""
+    with font_log() as lines, warnings.catch_warnings(record=True) as caught, \
+            report.quiet_font_weights():
         warnings.simplefilter("always")
         fig.canvas.draw()
-    return [str(w.message) for w in caught]
+    return [str(w.message) for w in caught] + lines
 
 
 def inside(fig, artist):
@@ -84,8 +105,9 @@ def test_names_no_font_draws_become_indices_with_a_legend():
 def test_cjk_names_draw_with_an_installed_cjk_font():
     fonts = cjk_families()
     assert fonts[0] == report.font_families()[0] and len(fonts) == 2  # default + one CJK font
-    fig, legend = report.confusion_matrix_figure(MATRIX, CJK_NAMES, "title")
-    assert draw(fig) == []
+    with font_log() as lines:  # choosing the fonts logs nothing either
+        fig, legend = report.confusion_matrix_figure(MATRIX, CJK_NAMES, "title")
+    assert draw(fig) == [] and lines == []
     labels = fig.axes[0].get_xticklabels()
     assert [t.get_text() for t in labels] == CJK_NAMES and all(drawable(t) for t in labels)
     assert legend is None
