@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from resnet_tuner.run.rundir import RUN_FILE
-from resnet_tuner.run.trials import disk_usage, objective_of, read_trials, size_text
+from resnet_tuner.run.trials import disk_usage, objective_of, read_trials, size_text, value_text
 
 #: Fonts whose character map covers everything with placeholder boxes
 #: (matplotlib ships "Last Resort High-Efficiency"): drawing with them is tofu.
@@ -271,7 +271,8 @@ def _html(record, trials, figures, metrics, legend=None, *, objective="val_accur
     head = "".join(f"<th>{esc(n)}</th>" for n in names)
     rows = []
     for t in trials:  # best first
-        cells = "".join(f"<td>{esc(str(t['hyperparameters'].get(n, '')))}</td>" for n in names)
+        cells = "".join(f"<td>{esc(value_text(t['hyperparameters'].get(n, '')))}</td>"
+                        for n in names)
         score = f"{t['score']:.4f}" if t["score"] is not None else ""
         reason = f"<br><small>{esc(t['reason'])}</small>" if t["status"] != "COMPLETED" else ""
         params = f"{t['params']:,}" if t["params"] else ""

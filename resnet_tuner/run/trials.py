@@ -242,11 +242,12 @@ def size_text(n: float) -> str:
 
 
 # ---------------------------------------------------------------------- formats
-def _value(value: Any) -> str:
+def value_text(value: Any) -> str:
+    """A hyperparameter value as the table and the report show it (floats to 4 digits)."""
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, (list, tuple)):
-        return ",".join(_value(v) for v in value)
+        return ",".join(value_text(v) for v in value)
     return str(value)
 
 
@@ -281,7 +282,7 @@ def table_lines(trials: Sequence[dict], objective: str, width: int | None = None
     head = ("trial", "status", objective, "epochs", "time", "params", "hyperparameters")
     rows = []
     for t in trials:
-        hps = " ".join(f"{n}={_value(t['hyperparameters'][n])}" for n in differ
+        hps = " ".join(f"{n}={value_text(t['hyperparameters'][n])}" for n in differ
                        if n in t["hyperparameters"])
         if t["parent"] is not None:
             hps = f"(from {t['parent']}) {hps}"
@@ -297,7 +298,7 @@ def table_lines(trials: Sequence[dict], objective: str, width: int | None = None
     right = {2, 3, 4, 5}  # numbers
     lines = []
     if same:
-        lines.append("same in every trial: " + " ".join(f"{k}={_value(v)}"
+        lines.append("same in every trial: " + " ".join(f"{k}={value_text(v)}"
                                                         for k, v in same.items()))
     for row in [head, *rows]:
         cells = [c.rjust(w) if i in right else c.ljust(w)
@@ -333,7 +334,7 @@ def csv_text(trials: Sequence[dict]) -> str:
     for t in trials:
         hps = t["hyperparameters"]
         writer.writerow([("" if t[c] is None else t[c]) for c in COLUMNS]
-                        + [_value(hps[n]) if n in hps else "" for n in names])
+                        + [value_text(hps[n]) if n in hps else "" for n in names])
     return out.getvalue()
 
 
