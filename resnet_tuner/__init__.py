@@ -42,6 +42,7 @@ _EXPORTS = {
     "run_search": "resnet_tuner.run.search",
     "load_run": "resnet_tuner.run.search",
     "MlflowLogger": "resnet_tuner.tracking",
+    "predict_files": "resnet_tuner.predict",
 }
 _SUBMODULES = ("datasets",)
 

@@ -311,46 +311,10 @@ def _image_paths(items: list[str]) -> list[Path]:
     return paths
 
 
-def _training_limits(bundle_dir: Path) -> dict:
-    """`min_size` and `max_pixels` of the images the model trained on (the bundle's manifest).
-
-    `predict` refuses what training skipped (e.g. a 4x4 image), with the reason
-    the skipped list gives.
-    """
-    path = Path(bundle_dir) / "manifest.json"
-    manifest = json.loads(path.read_text("utf-8")) if path.is_file() else {}
-    return {key: manifest[key] for key in ("min_size", "max_pixels") if manifest.get(key)}
-
-
 def cmd_predict(args) -> int:
-    import numpy as np
+    from resnet_tuner.predict import predict_files
 
-    from resnet_tuner.data import ImageError, load_image
-    from resnet_tuner.export import load_bundle
-    from resnet_tuner.metrics import class_probabilities
-
-    bundle = load_bundle(args.bundle)
-    size = tuple(bundle["config"]["image_size"])
-    resize = bundle["config"].get("resize", "stretch")
-    limits = _training_limits(bundle["path"])
-    rows, images = [], []
-    for path in _image_paths(args.images):
-        try:
-            images.append(load_image(path, size, resize, **limits))
-            rows.append({"image": str(path)})
-        except ImageError as err:
-            rows.append({"image": str(path), "error": str(err)})
-    if images:
-        probs = class_probabilities(bundle["model"].predict(np.stack(images), verbose=0))
-        good = [r for r in rows if "error" not in r]
-        for row, p in zip(good, probs, strict=True):
-            order = np.argsort(-p)[: args.top]
-            row["predictions"] = [
-                {"class": bundle["classes"][i], "probability": round(float(p[i]), 6)}
-                for i in order
-            ]
-            row["class"], row["probability"] = (row["predictions"][0]["class"],
-                                                row["predictions"][0]["probability"])
+    rows = predict_files(args.bundle, _image_paths(args.images), args.top)
     if args.json:
         print(json.dumps(rows, indent=1, ensure_ascii=False))
     else:
@@ -391,7 +355,7 @@ def cmd_list_trials(args) -> int:
     return 0
 
 
-def cmd_trials(args) -> int:
+def cmd_trial_process(args) -> int:
     """One process of a search run in fresh processes (see `run_search_in_processes`)."""
     from resnet_tuner.run.options import SearchOptions
     from resnet_tuner.run.processes import HANDOVER_EXIT
@@ -408,7 +372,7 @@ def cmd_trials(args) -> int:
 
 
 COMMANDS = {"search": cmd_search, "export": cmd_export, "predict": cmd_predict,
-            "report": cmd_report, "demo": cmd_demo, "_trials": cmd_trials,
+            "report": cmd_report, "demo": cmd_demo, "_trials": cmd_trial_process,
             "trials": cmd_list_trials}
 #: Commands that read files only: they run without loading TensorFlow.
 LIGHT_COMMANDS = ("trials",)

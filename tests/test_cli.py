@@ -112,6 +112,10 @@ def test_predict_table_and_json(run, capsys):
     assert rows[0]["class"] in ("circle", "square", "stripe")
     assert len(rows[0]["predictions"]) == 2
     assert 0 <= rows[0]["probability"] <= 1
+    # The command prints what the library function returns (a script's way to serve).
+    from resnet_tuner import predict_files
+
+    assert predict_files(bundle, [image], top=2) == rows
 
 
 def test_report_writes_html_and_plots(run, capsys):
