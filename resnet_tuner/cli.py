@@ -311,6 +311,18 @@ def _image_paths(items: list[str]) -> list[Path]:
     return paths
 
 
+def _columns(text: str) -> int:
+    """Terminal columns of `text`: wide (CJK) characters take two."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _pad(text: str, width: int) -> str:
+    """`text` left-aligned in `width` terminal columns (`f"{text:<width}"` counts characters)."""
+    return text + " " * max(0, width - _columns(text))
+
+
 def cmd_predict(args) -> int:
     from resnet_tuner.predict import predict_files
 
@@ -318,13 +330,14 @@ def cmd_predict(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=1, ensure_ascii=False))
     else:
-        width = max([len(r["image"]) for r in rows] + [5])
-        print(f"{'image':<{width}}  {'class':<16} probability")
+        width = max([_columns(r["image"]) for r in rows] + [5])
+        print(f"{_pad('image', width)}  {_pad('class', 16)} probability")
         for row in rows:
             if "error" in row:
-                print(f"{row['image']:<{width}}  skipped: {row['error']}")
+                print(f"{_pad(row['image'], width)}  skipped: {row['error']}")
             else:
-                print(f"{row['image']:<{width}}  {row['class']:<16} {row['probability']:.4f}")
+                print(f"{_pad(row['image'], width)}  {_pad(row['class'], 16)} "
+                      f"{row['probability']:.4f}")
     return 0 if any("error" not in r for r in rows) else 2
 
 

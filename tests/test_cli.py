@@ -468,3 +468,10 @@ def test_a_search_without_a_test_split_end_to_end(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)[0]["class"] in ("circle", "square", "stripe")
     assert cli.main(["report", str(out)]) == 0
     assert "validation accuracy <b>" in (out / "report" / "index.html").read_text()
+
+
+def test_the_predict_table_lines_up_wide_characters():
+    """CJK class and file names take two terminal columns each; the table pads by columns."""
+    assert cli._columns("长城") == 4 and cli._columns("flower 花") == 9
+    rows = [cli._pad("photos/长城/0.jpg", 24) + "|", cli._pad("photos/flower 花/0.jpg", 24) + "|"]
+    assert len({cli._columns(r) for r in rows}) == 1
