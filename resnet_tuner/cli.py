@@ -324,9 +324,11 @@ def _pad(text: str, width: int) -> str:
 
 
 def cmd_predict(args) -> int:
+    from resnet_tuner.export import load_bundle
     from resnet_tuner.predict import predict_files
 
-    rows = predict_files(args.bundle, _image_paths(args.images), args.top)
+    bundle = load_bundle(args.bundle)  # a wrong bundle is said before a wrong image path
+    rows = predict_files(bundle, _image_paths(args.images), args.top)
     if args.json:
         print(json.dumps(rows, indent=1, ensure_ascii=False))
     else:
