@@ -1,7 +1,7 @@
 """`ResNetConfig`: the contract between a search space and the network builder.
 
 A config is a frozen, validated dataclass that fully describes one model: the
-residual backbone (or the pretrained ResNet50 used for transfer learning), the
+residual backbone (or the pretrained network used for transfer learning), the
 augmentation layers that run in training only, and the classification head.
 It round-trips through JSON so the best model of a search can be rebuilt from
 `config.json` alone, without keras-tuner.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +29,10 @@ BLOCK_TYPES = ("basic", "bottleneck")
 SHORTCUT_MODES = ("A", "B", "C")
 STEM_TYPES = ("imagenet", "cifar", "strided3x3")
 #: Pretrained backbones (`model.backbones.BACKBONES`) -> number of stages that
-#: `freeze_stages` counts: ResNet50 has a stem (conv1) and four residual stages
-#: (conv2..conv5), `freeze_stages=k` freezes conv1..convk.
-PRETRAINED_STAGES = {"resnet50": 5}
+#: `freeze_stages` counts: every keras.applications ResNet has a stem (conv1)
+#: and four residual stages (conv2..conv5), `freeze_stages=k` freezes conv1..convk.
+PRETRAINED_STAGES = {"resnet50": 5, "resnet101": 5, "resnet152": 5,
+                     "resnet50v2": 5, "resnet101v2": 5, "resnet152v2": 5}
 BACKBONES = ("scratch", *PRETRAINED_STAGES)
 FLIP_MODES = ("none", "horizontal", "vertical", "both")
 #: Rows of `training.OPTIMIZERS`.
@@ -60,6 +62,17 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "weight_decay": (0.0, 1.0),
     "momentum": (0.0, 0.999),
 }
+
+
+def is_backbone_path(value: Any) -> bool:
+    """Whether a `backbone` value names the user's own model rather than a `BACKBONES` row.
+
+    A path holds a `/` (or the OS separator) or ends in `.keras`: a
+    `resnet_tuner` bundle folder (`"runs/pets/best"`, `"./best"`) or a `.keras`
+    file. Whether it exists is checked where it is read (space file, build).
+    """
+    return (isinstance(value, str) and value not in BACKBONES
+            and ("/" in value or os.sep in value or value.endswith(".keras")))
 
 
 def _fail(name: str, value: Any, expected: str) -> ValueError:
@@ -146,13 +159,19 @@ class ResNetConfig:
         head_hidden: units of an optional hidden ReLU dense layer in the head
             (0 for none; the cats-vs-dogs mini-ResNet uses 10).
         binary_head: for 2 classes, one sigmoid unit instead of a softmax.
-        backbone: `"scratch"` (this builder) or a pretrained network of
-            `PRETRAINED_STAGES` (`"resnet50"`: keras.applications.ResNet50).
+        backbone: `"scratch"` (this builder), a pretrained network of
+            `PRETRAINED_STAGES` (`"resnet50"`: keras.applications.ResNet50,
+            `"resnet101v2"`: ResNet101V2, ...), or the path of the user's own
+            model (`is_backbone_path`): a `resnet_tuner` bundle folder or a
+            `.keras` file, whose layers up to its classifier head become the
+            backbone (see `model.backbones.user_backbone`).
         freeze_stages: stages frozen from the input side, 0 (all trainable) to
-            5 for ResNet50 (conv1..conv5 frozen). Frozen BatchNorm layers run in
-            inference mode.
-        weights: for a pretrained backbone: `"imagenet"`, a path to a weights
-            file, or `None` for random initialisation.
+            5 for the keras.applications ResNets (conv1..conv5 frozen); for a
+            path, up to the stages of that model (its stem and residual
+            stages). Frozen BatchNorm layers run in inference mode.
+        weights: for a pretrained network of `PRETRAINED_STAGES`:
+            `"imagenet"`, a path to a weights file, or `None` for random
+            initialisation. A path backbone brings its own weights and ignores it.
         flip: random flips in training: `"none"`, `"horizontal"`,
             `"vertical"` or `"both"` (cv2.flip codes 1, 0, -1).
         gamma: `(low, high)` range of a random gamma `x ** g` applied in
@@ -198,7 +217,8 @@ class ResNetConfig:
         _check_choice("block", self.block, BLOCK_TYPES)
         _check_choice("shortcut", self.shortcut, SHORTCUT_MODES)
         _check_choice("stem", self.stem, STEM_TYPES)
-        _check_choice("backbone", self.backbone, BACKBONES)
+        if not is_backbone_path(self.backbone):
+            _check_choice("backbone", self.backbone, BACKBONES)
         _check_choice("flip", self.flip, FLIP_MODES)
         _check_stage_ints("stage_depths", self.stage_depths)
         _check_stage_ints("stage_widths", self.stage_widths)
@@ -221,9 +241,15 @@ class ResNetConfig:
                 or g[0] > g[1]
             ):
                 raise _fail("gamma", g, "None or a (low, high) pair with 0 < low <= high")
-        max_freeze = PRETRAINED_STAGES.get(self.backbone, 1 + len(self.stage_depths))
-        if not _is_int(self.freeze_stages) or not 0 <= self.freeze_stages <= max_freeze:
-            raise _fail("freeze_stages", self.freeze_stages, f"an integer from 0 to {max_freeze}")
+        if is_backbone_path(self.backbone):
+            # Its stages are counted when it is loaded (`build_resnet` checks the bound).
+            if not _is_int(self.freeze_stages) or self.freeze_stages < 0:
+                raise _fail("freeze_stages", self.freeze_stages, "an integer from 0")
+        else:
+            max_freeze = PRETRAINED_STAGES.get(self.backbone, 1 + len(self.stage_depths))
+            if not _is_int(self.freeze_stages) or not 0 <= self.freeze_stages <= max_freeze:
+                raise _fail("freeze_stages", self.freeze_stages,
+                            f"an integer from 0 to {max_freeze}")
         if self.weights is not None and not isinstance(self.weights, str):
             raise _fail("weights", self.weights, "'imagenet', a file path or None")
         if self.shortcut == "A" and self.backbone == "scratch":

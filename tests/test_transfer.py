@@ -27,7 +27,14 @@ def first_conv(model, backbone):
     return next(layer for layer in nested.layers if isinstance(layer, keras.layers.Conv2D))
 
 
-@pytest.fixture(scope="module", params=list(BACKBONES))
+# Building a backbone costs seconds (ResNet152V2 ~25 s to save and reload): one record of
+# each family by default, the others under -m slow (as tests/test_backbones.py).
+_FIRST_OF_FAMILY = {record.family: name for name, record in reversed(BACKBONES.items())}
+HEAVY = [pytest.param(name, marks=() if name in _FIRST_OF_FAMILY.values() else pytest.mark.slow)
+         for name in BACKBONES]
+
+
+@pytest.fixture(scope="module", params=HEAVY)
 def saved_weights(request, tmp_path_factory):
     """A backbone with recognisable weights, saved in both formats users have."""
     record = BACKBONES[request.param]
@@ -66,7 +73,7 @@ def test_imagenet_weights_come_from_the_keras_cache(saved_weights, tmp_path, mon
     np.testing.assert_array_equal(first_conv(model, backbone).kernel.numpy(), 0.125)
 
 
-@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("backbone", HEAVY)
 def test_no_network_and_no_file_says_how_to_provide_weights(backbone, tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     record = BACKBONES[backbone]
@@ -85,7 +92,7 @@ def test_no_network_and_no_file_says_how_to_provide_weights(backbone, tmp_path, 
     assert 'weights = "none" in the space file' in message
 
 
-@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("backbone", HEAVY)
 def test_download_asks_keras_for_the_recorded_file_and_hash(backbone, tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     calls = []
@@ -101,13 +108,13 @@ def test_download_asks_keras_for_the_recorded_file_and_hash(backbone, tmp_path, 
     assert calls == [(record.weights_file, record.weights_url, "models", record.weights_hash)]
 
 
-@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("backbone", HEAVY)
 def test_missing_weights_file_is_named(backbone):
     with pytest.raises(FileNotFoundError, match="weights file not found: /no/such/r50.h5"):
         build_resnet(transfer_config(backbone, weights="/no/such/r50.h5"), SHAPE, 2)
 
 
-@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("backbone", HEAVY)
 def test_freeze_depth_follows_the_recorded_stage_prefixes(backbone):
     record = BACKBONES[backbone]
     num_stages = len(record.stage_prefixes)

@@ -11,7 +11,8 @@ A model is `uint8 image -> Rescaling(1/255) -> augmentation (training only)
 * `augment`: `AUGMENTATIONS`, config field -> layer + neutral value, read by
   the builder and by the export (which builds with every field neutral).
 * `backbones`: `BACKBONES`, one record per pretrained network (builder,
-  preprocessing, weights file, stage names), and `resolve_weights`.
+  preprocessing, weights file, stage names), `resolve_weights`, the user's own
+  model as backbone (`user_backbone`) and the stage names (`layer_stages`).
 * `layers`: the serializable custom layers the models carry.
 * here: the head, stage freezing, the dtype-policy scope (`precision`) and
   `build_resnet` itself.
@@ -20,14 +21,20 @@ A model is `uint8 image -> Rescaling(1/255) -> augmentation (training only)
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator, Sequence
 
 import keras
 
-from resnet_tuner.config import PRECISIONS, ResNetConfig
+from resnet_tuner.config import PRECISIONS, ResNetConfig, is_backbone_path
 from resnet_tuner.model.augment import augmentation_layers
-from resnet_tuner.model.backbones import BACKBONES, pretrained_backbone
+from resnet_tuner.model.backbones import (
+    BACKBONES,
+    OWN_STAGE,
+    backbone_label,
+    layer_stages,
+    pretrained_backbone,
+    user_backbone,
+)
 from resnet_tuner.model.blocks import residual_backbone
 
 __all__ = ["build_resnet", "classifier_head", "describe", "dtype_policy", "freeze_stages",
@@ -52,44 +59,41 @@ def classifier_head(x, cfg: ResNetConfig, num_classes: int):
                               dtype="float32")(x)
 
 
-# This builder's layer names: `stem_conv`, `stage3_block2_conv1`, ...
-_SCRATCH_STAGE = re.compile(r"^stem_|^stage(\d+)_")
-
-
-def stage_of(layer_name: str) -> int | None:
+def stage_of(layer_name: str, backbone: str | None = None) -> int | None:
     """The stage a layer belongs to from its name (1 = stem), or None (head, augmentation).
 
     Reads this builder's names (`stem_conv`, `stage3_block2_conv1`) and those of
     every pretrained backbone in `BACKBONES` (for ResNet50: `conv1_conv`,
-    `pool1_pool`, `conv3_block2_1_conv`).
+    `pool1_pool`, `conv3_block2_1_conv`), or only `backbone`'s. Context-free:
+    `freeze_stages` reads each model's layout with `backbones.layer_stages`
+    (which also puts a pre-activation model's `post_bn` in its last stage).
     """
-    match = _SCRATCH_STAGE.match(layer_name)
+    if backbone is not None:
+        return BACKBONES[backbone].stage_of(layer_name)
+    match = OWN_STAGE.match(layer_name)
     if match:
         return int(match.group(1)) if match.group(1) else 1
     for record in BACKBONES.values():
-        for stage, prefixes in enumerate(record.stage_prefixes, start=1):
-            if layer_name.startswith(prefixes):
-                return stage
+        stage = record.stage_of(layer_name)
+        if stage is not None:
+            return stage
     return None
 
 
 def freeze_stages(model: keras.Model, stages: int) -> list[str]:
     """Freezes every layer of stages 1..`stages` (nested models included).
 
-    Frozen BatchNormalization layers run in inference mode (Keras 3 semantics of
-    `trainable=False`), so fine-tuning does not disturb pretrained statistics.
+    Stages come from `backbones.layer_stages`: a nested pretrained network by
+    its record's prefixes, a user backbone and this builder's layers by their
+    `stem_` / `stage<s>_` names. Frozen BatchNormalization layers run in
+    inference mode (Keras 3 semantics of `trainable=False`), so fine-tuning
+    does not disturb pretrained statistics.
 
     Returns:
         The names of the frozen layers.
     """
     frozen = []
-    stack = list(model.layers)
-    while stack:
-        layer = stack.pop()
-        if isinstance(layer, keras.Model):
-            stack.extend(layer.layers)
-            continue
-        stage = stage_of(layer.name)
+    for layer, stage in layer_stages(model):
         if stage is not None and stage <= stages:
             layer.trainable = False
             frozen.append(layer.name)
@@ -180,6 +184,8 @@ def build_resnet(
             x = layer(x)
         if config.backbone in BACKBONES:
             x = pretrained_backbone(x, config)
+        elif is_backbone_path(config.backbone):
+            x = user_backbone(x, config)
         else:
             x = residual_backbone(x, config)
         outputs = classifier_head(x, config, num_classes)
@@ -202,8 +208,11 @@ def precision_of(model: keras.Model) -> str:
 
 
 def describe(config: ResNetConfig) -> str:
-    """A short model name, e.g. `resnet_basic_2-2-2-2_w64_B` or `resnet50_transfer_f3`."""
-    if config.backbone in BACKBONES:
-        return f"{config.backbone}_transfer_f{config.freeze_stages}"
+    """A short model name, e.g. `resnet_basic_2-2-2-2_w64_B` or `resnet50_transfer_f3`.
+
+    A path backbone is named by its folder (a bundle) or file: `best_transfer_f3`.
+    """
+    if config.backbone != "scratch":
+        return f"{backbone_label(config.backbone)}_transfer_f{config.freeze_stages}"
     depths = "-".join(map(str, config.stage_depths))
     return f"resnet_{config.block}_{depths}_w{config.stage_widths[0]}_{config.shortcut}"

@@ -13,9 +13,10 @@ A space file has four tables, `[model]`, `[transfer]`, `[augment]` and
 doubled at every stage, times an optional `width_multiplier`. `preset` starts
 from a named architecture (`resnet50`, `resnet20`, `mini_resnet`, ...) that the
 other fields override. `[transfer]` fields only apply to a pretrained backbone
-(`backbone = "resnet50"`); they and a block's own fields (`expansion` for
-bottlenecks) are sampled in keras-tuner conditional scopes so the oracle does
-not explore dead combinations.
+(`backbone = "resnet50"`, `"resnet101v2"`, ...) or the user's own model
+(`backbone = "path/to/bundle"`; `weights` does not apply to it); they and a
+block's own fields (`expansion` for bottlenecks) are sampled in keras-tuner
+conditional scopes so the oracle does not explore dead combinations.
 
 This package is the only code that declares hyperparameters (`hp.Choice`,
 `hp.Int`, `hp.Float`); the HyperModel passes a trial's `HyperParameters`
@@ -151,7 +152,8 @@ class SearchSpace:
             )
         backbone = model.get("backbone", Fixed("scratch"))
         if self.fields["transfer"] and backbone == Fixed("scratch"):
-            pretrained = " or ".join(f'backbone = "{name}"' for name in BACKBONES)
+            pretrained = " or ".join([*(f'backbone = "{name}"' for name in BACKBONES),
+                                      'backbone = "path/to/bundle"'])
             raise SpaceError(
                 f"{self.source}: [transfer] fields {sorted(self.fields['transfer'])} only apply "
                 f'to {pretrained}, but this space only has backbone = "scratch"'
@@ -197,6 +199,65 @@ class SearchSpace:
             )
         clone._check_consistency()
         # Initial values of fields fixed now (e.g. --batch-size) give way to the override.
+        clone.initial = clone._check_initial(self.initial, lenient=True)
+        return clone
+
+    def with_available_weights(self, warn: bool = True) -> SearchSpace:
+        """This space without the pretrained backbones whose ImageNet weights cannot be had here.
+
+        A backbone of `BACKBONES` with `weights = "imagenet"` (the default)
+        needs its weights file in Keras' cache or a working download
+        (`backbones.weights_available`: a HEAD request per backbone not
+        cached). Backbone choices without are left out, with one
+        `BackboneWeightsWarning` (unless `warn` is False) saying how to install
+        them; with no backbone left (e.g. `backbone = "resnet50"` alone) it
+        fails. Weights given as a file or `"none"` need nothing.
+
+        Raises:
+            WeightsUnavailableError: every backbone of the space lacks its
+                weights; the message says how to provide them
+                (`resnet-tuner weights install FILE`).
+        """
+        import warnings
+
+        from resnet_tuner.model.backbones import (
+            BACKBONES,
+            BackboneWeightsWarning,
+            WeightsUnavailableError,
+            keras_cache_dir,
+            weights_available,
+            weights_unavailable_message,
+        )
+
+        weights = self.fields["transfer"].get("weights", Fixed("imagenet"))
+        if not (weights == Fixed("imagenet")
+                or isinstance(weights, Choice) and "imagenet" in weights.values):
+            return self
+        spec = self.fields["model"].get("backbone", Fixed("scratch"))
+        choices = spec.values if isinstance(spec, Choice) else (spec.value,)
+        missing = [c for c in choices if c in BACKBONES and not weights_available(c)]
+        if not missing:
+            return self
+        kept = tuple(c for c in choices if c not in missing)
+        if not kept:
+            others = (f" The space's other backbones ({', '.join(missing[1:])}) need theirs "
+                      "too." if len(missing) > 1 else "")
+            raise WeightsUnavailableError(
+                f"{self.source}: {weights_unavailable_message(missing[0])}{others}")
+        if warn:
+            urls = ", ".join(BACKBONES[name].weights_url for name in missing)
+            warnings.warn(BackboneWeightsWarning(
+                f"{self.source}: backbone {', '.join(missing)} left out of the search: its "
+                f"ImageNet weights are not in the Keras cache ({keras_cache_dir()}) and cannot "
+                f"be downloaded here. To search it, download {urls} and run "
+                "`resnet-tuner weights install FILE`."), stacklevel=2)
+        clone = object.__new__(SearchSpace)
+        clone.__dict__.update(self.__dict__)
+        clone.fields = {s: dict(f) for s, f in self.fields.items()}
+        clone.fields["model"]["backbone"] = Fixed(kept[0]) if len(kept) == 1 else Choice(kept)
+        if kept == ("scratch",):  # no backbone left that [transfer] applies to
+            clone.fields["transfer"] = {}
+        clone._check_consistency()
         clone.initial = clone._check_initial(self.initial, lenient=True)
         return clone
 

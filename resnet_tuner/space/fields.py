@@ -12,7 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from resnet_tuner.config import is_backbone_path
 
 RANGE_KEYS = ("min", "max", "step", "sampling")
 SAMPLINGS = ("linear", "log", "reverse_log")
@@ -46,8 +49,9 @@ class Kind:
     """What a field holds: its type, allowed names or numeric bounds (inclusive).
 
     `type` is one of `"str"`, `"int"`, `"float"`, `"bool"`, `"ints"` (one
-    integer per stage), `"gamma"` (`none` or `[low, high]`) and `"weights"`
-    (`imagenet`, `none` or a file path).
+    integer per stage), `"gamma"` (`none` or `[low, high]`), `"weights"`
+    (`imagenet`, `none` or a file path) and `"backbone"` (one of `names`, or
+    the path of an existing bundle folder or `.keras` file).
     """
 
     type: str
@@ -103,6 +107,17 @@ class FieldParser:
         if t == "bool":
             if not isinstance(value, bool):
                 raise self.fail(where, value, "must be true or false")
+            return value
+        if t == "backbone":
+            if value in kind.names:
+                return value
+            if not is_backbone_path(value):
+                raise self.fail(
+                    where, value,
+                    f"must be one of {', '.join(map(repr, kind.names))}, or the path of a "
+                    "resnet_tuner bundle folder or a .keras model file (with a / or .keras)")
+            if not Path(value).expanduser().exists():
+                raise self.fail(where, value, "no such bundle folder or .keras model file")
             return value
         if t == "weights":
             if isinstance(value, str) and value.lower() == "none":

@@ -18,7 +18,14 @@ import keras_tuner as kt
 
 from resnet_tuner.config import ResNetConfig, TrainConfig
 from resnet_tuner.space.fields import Choice, Fixed, Range, SpaceError, encode
-from resnet_tuner.space.schema import DRAW_ORDER, INHERIT, TRAIN_SECTIONS, Row, find_row
+from resnet_tuner.space.schema import (
+    DRAW_ORDER,
+    INHERIT,
+    TRAIN_SECTIONS,
+    Matching,
+    Row,
+    find_row,
+)
 
 Fields = dict[str, dict[str, Fixed | Choice | Range]]
 
@@ -55,8 +62,11 @@ def _scopes(stack: contextlib.ExitStack, hp: kt.HyperParameters, fields: Fields,
     if row.condition is None:
         return
     parent, values = row.condition
-    _scopes(stack, hp, fields, find_row(parent)[1])
+    section, parent_row = find_row(parent)
+    _scopes(stack, hp, fields, parent_row)
     if _is_tuned(fields, parent):
+        if isinstance(values, Matching):  # the parent's choices in this space that match
+            values = [v for v in fields[section][parent].values if v in values]
         stack.enter_context(hp.conditional_scope(parent, [encode(v) for v in values]))
 
 

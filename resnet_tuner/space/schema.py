@@ -13,6 +13,7 @@ that declare them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ from resnet_tuner.config import (
     PRETRAINED_STAGES,
 )
 from resnet_tuner.model.augment import AUGMENTATIONS
-from resnet_tuner.model.backbones import BACKBONES
+from resnet_tuner.model.backbones import BACKBONES, backbone_stages
 from resnet_tuner.model.blocks import BLOCKS, SHORTCUTS, STEMS
 from resnet_tuner.space.fields import Kind
 from resnet_tuner.training import OPTIMIZERS
@@ -33,6 +34,23 @@ from resnet_tuner.training import OPTIMIZERS
 INHERIT = object()
 
 SCRATCH = ("scratch",)
+#: At most this many residual stages (`num_stages`); a model has one more (its stem).
+MAX_STAGES = 8
+
+
+@dataclass(frozen=True)
+class Matching:
+    """Condition values given by a rule, for a parent whose values are open.
+
+    `backbone` may be a path (the user's own model), which no list can name:
+    `value in Matching(rule)` applies the rule, and a keras-tuner conditional
+    scope gets the parent's choices in the space that match it.
+    """
+
+    rule: Callable[[Any], bool]
+
+    def __contains__(self, value: Any) -> bool:
+        return self.rule(value)
 
 
 @dataclass(frozen=True)
@@ -69,11 +87,15 @@ def parameter_of(table: dict, field: str) -> tuple[str, ...]:
 
 
 _scratch = ("backbone", SCRATCH)
-_pretrained = ("backbone", tuple(BACKBONES))
+#: A keras.applications network of `BACKBONES` (ImageNet weights apply).
+_pretrained = ("backbone", Matching(lambda value: value in BACKBONES))
+#: Any backbone but scratch: the pretrained networks and a path to the user's own model.
+_transfer = ("backbone", Matching(lambda value: value not in SCRATCH))
 
 SCHEMA: dict[str, dict[str, Row]] = {
     "model": {
-        "backbone": Row(Kind("str", SCRATCH + tuple(BACKBONES)), default="scratch"),
+        # A name (SCRATCH or a BACKBONES key) or the path of a bundle folder / .keras file.
+        "backbone": Row(Kind("backbone", SCRATCH + tuple(BACKBONES)), default="scratch"),
         "preset": Row(Kind("str", tuple(PRESETS)), condition=_scratch, derived=True),
         "stem": Row(Kind("str", tuple(STEMS)), condition=_scratch),
         "shortcut": Row(Kind("str", tuple(SHORTCUTS)), condition=_scratch),
@@ -85,7 +107,8 @@ SCHEMA: dict[str, dict[str, Row]] = {
         "expansion": Row(bounded("int", "expansion"),
                          condition=("block", parameter_of(BLOCKS, "expansion"))),
         # Stage layout: one rule of sample.py reads these six together.
-        "num_stages": Row(Kind("int", low=1, high=8), condition=_scratch, derived=True),
+        "num_stages": Row(Kind("int", low=1, high=MAX_STAGES), condition=_scratch,
+                          derived=True),
         "stage_depths": Row(bounded("ints", "stage_depths"), condition=_scratch, derived=True),
         "stage_widths": Row(bounded("ints", "stage_widths"), condition=_scratch, derived=True),
         "base_width": Row(Kind("int", low=1, high=4096), condition=_scratch, derived=True),
@@ -97,10 +120,13 @@ SCHEMA: dict[str, dict[str, Row]] = {
         "binary_head": Row(Kind("bool")),
     },
     "transfer": {
-        # Default: every stage of the pretrained network frozen (a new head only).
-        "freeze_stages": Row(Kind("int", low=0, high=max(PRETRAINED_STAGES.values())),
-                             default=lambda drawn: PRETRAINED_STAGES[drawn["backbone"]],
-                             condition=_pretrained),
+        # Default: every stage of the backbone frozen (a new head only). A path
+        # backbone's stages are counted in the model (one more than MAX_STAGES
+        # at most for ours); the config checks a pretrained network's bound.
+        "freeze_stages": Row(Kind("int", low=0,
+                                  high=max(*PRETRAINED_STAGES.values(), 1 + MAX_STAGES)),
+                             default=lambda drawn: backbone_stages(drawn["backbone"]),
+                             condition=_transfer),
         "weights": Row(Kind("weights"), default="imagenet", condition=_pretrained),
     },
     "augment": {
