@@ -87,6 +87,10 @@ def epochs_line(trial: dict[str, Any] | None, train_config: dict[str, Any] | Non
                 f"trial's epoch count, {EPOCH_SOURCES[trial['epochs_source']]})")
     if trial and "epochs" in trial:
         text = f"- Epochs trained: {trial['epochs']} ({EPOCH_SOURCES[trial['epochs_source']]})"
+        if trial.get("final_from") is not None:
+            text += (f"; the time budget's final training: trial {trial['final_from']}'s "
+                     "configuration trained again from scratch, its learning rate decayed "
+                     "over the time left")
         if trial.get("initial_epoch"):
             text += (f"; epochs {trial['initial_epoch'] + 1}-{trial['epochs']} ran in this "
                      f"trial, continuing from trial {trial.get('continued_from')}'s weights")

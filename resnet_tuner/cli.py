@@ -17,6 +17,10 @@ from pathlib import Path
 
 from resnet_tuner import console
 
+#: When this command started: the module's import for the process's first command (so
+#: the interpreter's and our imports count against `--time-budget`), else `main`'s call.
+_started = {"at": time.time(), "first": True}
+
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
@@ -171,6 +175,29 @@ def build_parser() -> argparse.ArgumentParser:
                                help="CSV: one row per trial, a column per hyperparameter")
     trials_format.add_argument("--json", action="store_true", help="a JSON list of trials")
 
+    weights = commands.add_parser(
+        "weights", help="install or list ImageNet weights files (offline use)",
+        description="Pretrained backbones load their ImageNet weights from Keras' cache "
+                    "($KERAS_HOME/models, default ~/.keras/models) or download them. Without "
+                    "internet, download the files elsewhere and install them here.",
+    )
+    weights_actions = weights.add_subparsers(dest="action", metavar="ACTION", required=True)
+    install = weights_actions.add_parser(
+        "install", parents=common, help="copy downloaded weights files into Keras' cache",
+        description="Identify each FILE by its MD5 among the keras.applications ResNet "
+                    "weights files (the _notop .h5 files) and copy it where Keras looks.",
+    )
+    install.add_argument("files", metavar="FILE", nargs="+")
+    install.add_argument("--backbone", metavar="NAME",
+                         help="the backbone FILE must be (with --force: is, unverified)")
+    install.add_argument("--force", action="store_true",
+                         help="install FILE as --backbone NAME without checking its MD5")
+    weights_actions.add_parser(
+        "list", parents=common, help="each backbone's weights file and whether it is installed",
+        description="Each pretrained backbone, its weights file name, and whether it is in "
+                    "Keras' cache.",
+    )
+
     demo = commands.add_parser(
         "demo", parents=common,
         help="a real search on the bundled digits dataset (a few minutes on a CPU)",
@@ -208,15 +235,28 @@ def _verbosity(args) -> int:
 def _search_and_export(options, trials_per_process: int = 0, verbose: int = 1,
                        formats=None, **search_kwargs) -> tuple:
     from resnet_tuner.run.processes import run_search_in_processes
+    from resnet_tuner.run.rundir import record_timing
     from resnet_tuner.run.search import load_run, run_search
 
-    started = time.time()
+    started = _started["at"]
     if trials_per_process:
-        run_search_in_processes(options, trials_per_process, verbose)
+        run_search_in_processes(options, trials_per_process, verbose, started=started)
         tuner, data, _ = load_run(options.out, verbose)
     else:
-        tuner, data = run_search(options, verbose, **search_kwargs)
+        tuner, data = run_search(options, verbose, started=started, **search_kwargs)
+    best = tuner.oracle.get_best_trials(1)
+    if options.time_budget and not (best and best[0].score is not None):
+        from resnet_tuner.run.options import parse_duration
+        from resnet_tuner.run.progress import duration
+
+        raise CLIError(
+            f"the time budget ({duration(parse_duration(options.time_budget))}) ran out before a "
+            f"trial finished an epoch: {duration(time.time() - started)} went to starting up, "
+            "reading the data and the first trial. Rerun with a larger --time-budget: the run "
+            "resumes, and the time already spent counts against the new budget.")
+    exporting = time.time()
     bundle, metrics = _export(tuner, Path(options.out) / "best", data, formats=formats)
+    record_timing(Path(options.out), export=time.time() - exporting)
     if options.mlflow:  # the bundle goes to the best trial's run
         from resnet_tuner.tracking import MlflowLogger, mlflow_experiment
 
@@ -370,6 +410,41 @@ def cmd_list_trials(args) -> int:
     return 0
 
 
+def cmd_weights(args) -> int:
+    """`resnet-tuner weights install FILE...` / `weights list`: ImageNet weights in Keras' cache."""
+    from resnet_tuner.model import backbones
+
+    if args.action == "list":
+        width = max(map(len, backbones.BACKBONES))
+        print(f"ImageNet weights in {backbones.keras_cache_dir()}:")
+        for name, record in backbones.BACKBONES.items():
+            state = "installed" if backbones.keras_cache_path(name).is_file() else "missing"
+            print(f"  {name:<{width}}  {state:<9}  {record.weights_file}")
+        print(f"Each file downloads from {backbones.WEIGHTS_BASE_URL}<file>; offline, "
+              "download it elsewhere and run 'resnet-tuner weights install FILE'.")
+        return 0
+    if args.force and not args.backbone:
+        raise CLIError("--force installs an unverified file as --backbone NAME: name it")
+    if args.backbone and len(args.files) > 1:
+        raise CLIError("--backbone names the backbone of one FILE: give one file")
+    refused = 0
+    for file in args.files:
+        try:
+            name, destination = backbones.install_weights(file, args.backbone, args.force)
+        except backbones.UnknownWeightsFileError as err:
+            refused += 1
+            print(f"resnet-tuner: error: {err.problem}; refused. Expected one of:",
+                  file=sys.stderr)
+            for line in err.expected:
+                print(f"  {line}", file=sys.stderr)
+            print("  (--force --backbone NAME installs a file unverified)", file=sys.stderr)
+            continue
+        checked = "unverified (--force)" if args.force else "MD5 verified"
+        print(f"{file}: {backbones.BACKBONES[name].title} ({name}) ImageNet weights, {checked}, "
+              f"installed to {destination}")
+    return 2 if refused else 0
+
+
 def cmd_trial_process(args) -> int:
     """One process of a search run in fresh processes (see `run_search_in_processes`)."""
     from resnet_tuner.run.options import SearchOptions
@@ -388,7 +463,7 @@ def cmd_trial_process(args) -> int:
 
 COMMANDS = {"search": cmd_search, "export": cmd_export, "predict": cmd_predict,
             "report": cmd_report, "demo": cmd_demo, "_trials": cmd_trial_process,
-            "trials": cmd_list_trials}
+            "trials": cmd_list_trials, "weights": cmd_weights}
 #: Commands that read files only: they run without loading TensorFlow.
 LIGHT_COMMANDS = ("trials",)
 
@@ -401,6 +476,8 @@ def _cli_wording(message: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if not _started.pop("first", False):
+        _started["at"] = time.time()
     argv = sys.argv[1:] if argv is None else list(argv)
     from resnet_tuner.run.processes import TRIALS_COMMAND
 

@@ -185,9 +185,15 @@ class ResNetHyperModel(kt.HyperModel):
                 kwargs.setdefault("batch_size", train.batch_size)
         if class_weight is not None:
             kwargs.setdefault("class_weight", dict(class_weight))
+        # A time budget's final training decays its learning rate over the time it has,
+        # up to its deadline (run.budget), rather than over a guessed number of epochs.
+        from resnet_tuner.run.budget import FINAL_EPOCHS, Deadline
+
+        deadline = next((c for c in kwargs.get("callbacks", []) if isinstance(c, Deadline)), None)
+        ends_at = deadline.at if deadline is not None and FINAL_EPOCHS in hp.values else None
         kwargs["callbacks"] = [
             *kwargs.get("callbacks", []),
-            *schedule_callbacks(train, kwargs["epochs"]),
+            *schedule_callbacks(train, kwargs["epochs"], ends_at=ends_at),
             FailOnNaN(),
         ]
         if self.early_stopping:

@@ -9,6 +9,7 @@ metrics a model computes only when a search ranks trials by them.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -193,33 +194,54 @@ class CosineDecayPerStep(keras.callbacks.Callback):
     optimizer at build time. A trial resumed at `initial_epoch` continues the
     curve where it left off. It decays to `final_fraction` of the initial rate.
 
+    With `ends_at` (a `time.time()`), the curve spans wall-clock time instead,
+    from the start of `fit` to `ends_at`: a time budget's final training
+    (`run.budget`) decays over exactly the time it has, however fast its
+    epochs turn out to be, and `epochs` is only an upper bound.
+
     Args:
         initial_rate: learning rate at step 0.
         epochs: total epochs of the run the curve spans.
         final_fraction: the rate at the last step, as a fraction of the first.
+        ends_at: when the curve ends, in wall-clock time (None: after `epochs`).
     """
 
-    def __init__(self, initial_rate: float, epochs: int, final_fraction: float = 0.01):
+    def __init__(self, initial_rate: float, epochs: int, final_fraction: float = 0.01,
+                 ends_at: float | None = None):
         super().__init__()
         self.initial_rate = float(initial_rate)
         self.epochs = max(1, int(epochs))
         self.final_fraction = final_fraction
+        self.ends_at = ends_at
         self._epoch = 0
+        self._started = self.clock()
+
+    #: The wall clock `ends_at` is read against.
+    clock = staticmethod(time.time)
+
+    def on_train_begin(self, logs=None):
+        self._started = self.clock()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
-        steps = self.params.get("steps")  # None for data of unknown length
-        within = batch / steps if steps else 0.0
-        progress = min(1.0, (self._epoch + within) / self.epochs)
+        if self.ends_at is not None:
+            span = max(self.ends_at - self._started, 1e-6)
+            progress = min(1.0, max(0.0, (self.clock() - self._started) / span))
+        else:
+            steps = self.params.get("steps")  # None for data of unknown length
+            within = batch / steps if steps else 0.0
+            progress = min(1.0, (self._epoch + within) / self.epochs)
         cosine = 0.5 * (1 + math.cos(math.pi * progress))
         rate = self.initial_rate * (self.final_fraction + (1 - self.final_fraction) * cosine)
         self.model.optimizer.learning_rate.assign(rate)
 
 
-def schedule_callbacks(train: TrainConfig, epochs: int) -> list[keras.callbacks.Callback]:
-    """The learning-rate callbacks of `train` for a run of `epochs` epochs."""
+def schedule_callbacks(train: TrainConfig, epochs: int,
+                       ends_at: float | None = None) -> list[keras.callbacks.Callback]:
+    """The learning-rate callbacks of `train` for a run of `epochs` epochs (or one that
+    ends at the wall-clock time `ends_at`: see `CosineDecayPerStep`)."""
     if train.lr_schedule == "cosine":
-        return [CosineDecayPerStep(train.learning_rate, epochs)]
+        return [CosineDecayPerStep(train.learning_rate, epochs, ends_at=ends_at)]
     return []

@@ -406,3 +406,36 @@ def test_hyperband_brackets_and_sizes_as_promotable_reads_them(tmp_path):
         "HyperbandOracle.populate_space (promotes the best of a round)")
     assert ktcompat.promotable(oracle) == set()  # its place is taken
     assert ktcompat.promotable(oracle_of(kt.oracles.RandomSearchOracle, tmp_path / "r")) == set()
+
+
+@pytest.mark.parametrize("kind", sorted(ORACLES))
+def test_start_trial_registers_a_trial_as_create_trial_does_past_max_trials(kind, tmp_path):
+    kwargs = {"max_epochs": 2} if kind == "hyperband" else {"max_trials": 1}
+    oracle = oracle_of(ORACLES[kind], tmp_path, **kwargs)
+    first = oracle.create_trial("tuner0")
+    oracle.update_trial(first.trial_id, {"val_loss": 1.0})
+    first.status = "COMPLETED"
+    oracle.end_trial(first)
+    values = {**tuned(first.hyperparameters.values), "final/epochs": 3}
+    trial = ktcompat.start_trial(oracle, "tuner0", values)
+    assert trial.status == ktcompat.TrialStatus.RUNNING, _broken("Trial statuses")
+    assert oracle.trials[trial.trial_id] is trial, _broken("Oracle.trials")
+    assert oracle.ongoing_trials["tuner0"] is trial, _broken("Oracle.ongoing_trials")
+    assert oracle.start_order[-1] == trial.trial_id, _broken("Oracle.start_order")
+    assert len(trial.trial_id) == len(first.trial_id), _broken("create_trial's trial ids")
+    assert trial.hyperparameters.values["final/epochs"] == 3
+    saved = tmp_path / "project" / f"trial_{trial.trial_id}" / "trial.json"
+    assert saved.is_file(), _broken("Oracle._save_trial")
+    oracle.update_trial(trial.trial_id, {"val_loss": 0.5})
+    trial.status = "COMPLETED"
+    oracle.end_trial(trial)  # ends like any trial
+    assert trial.trial_id in oracle.end_order, _broken("Oracle.end_trial of a started trial")
+
+
+def test_stopped_trial_ends_the_tuners_loop_and_lets_go_of_its_id(tmp_path):
+    oracle = oracle_of(kt.oracles.RandomSearchOracle, tmp_path, max_trials=5)
+    oracle.tuner_ids.add("tuner0")
+    trial = ktcompat.stopped_trial(oracle, "tuner0")
+    assert trial.status == ktcompat.TrialStatus.STOPPED, _broken("TrialStatus.STOPPED")
+    assert "tuner0" not in oracle.tuner_ids, _broken("Oracle.tuner_ids")
+    assert not oracle.trials, _broken("Oracle.trials (a stopped trial is not recorded)")

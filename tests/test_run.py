@@ -24,7 +24,7 @@ OTHER = {"data_dir": "elsewhere", "out": "runs/b", "space": "mini", "tuner": "ra
          "hyperband_iterations": 2, "objective": "val_loss", "class_weight": "balanced",
          "early_stopping": 3, "tensorboard": "runs/tb", "mlflow": "file:///tmp/mlruns",
          "mlflow_experiment": "pets", "keep_checkpoints": 0, "precision": "mixed_bfloat16",
-         "devices": 2}
+         "devices": 2, "time_budget": 600.0, "final_training": 0.25, "median_stopping": True}
 VERSIONS = {"run_format": rundir.RUN_FORMAT, "resnet_tuner": "0.1.0", "keras": "3.15.0",
             "keras_tuner": "1.4.8"}
 
@@ -108,11 +108,15 @@ def test_every_setting_round_trips_through_run_json_and_the_command_line(tmp_pat
             "--objective", "val_loss", "--class-weight", "balanced", "--early-stopping", "3",
             "--tensorboard", "runs/tb", "--mlflow", "file:///tmp/mlruns",
             "--mlflow-experiment", "pets", "--keep-checkpoints", "0",
-            "--precision", "mixed_bfloat16", "--devices", "2"]
+            "--precision", "mixed_bfloat16", "--devices", "2", "--time-budget", "10m",
+            "--final-training", "0.25", "--median-stopping"]
     assert SearchOptions.from_args(parser.parse_args(argv)) == options
 
 
-BAD = [("tuner", "anneal", "tuner must be one of"), ("resize", "squash", "resize must be one of"),
+BAD = [("time_budget", "soon", "expected a duration like 30m"),
+       ("time_budget", "-5m", "expected a duration"), ("time_budget", 0, "a positive duration"),
+       ("final_training", 1.0, "final_training must be a share"),
+       ("tuner", "anneal", "tuner must be one of"), ("resize", "squash", "resize must be one of"),
        ("max_trials", 0, "max_trials must be a positive integer"),
        ("epochs", 0, "epochs must be a positive integer"),
        ("image_size", 2.5, "image_size must be a positive integer"),

@@ -22,6 +22,9 @@ What lives where:
                and TLS (`Credentials`), the open-chief warning.
 * `trials`     the trials of a run read from disk, best first (no TensorFlow):
                `resnet-tuner trials` and the report.
+* `budget`     `--time-budget`: the deadline, no trial started that cannot
+               finish, the final training of the best configuration, the median
+               stopping rule, what earlier sessions spent (`budget.json`).
 * `checkpoints` `--keep-checkpoints`: after each trial, delete the checkpoints
                no export, resume or Hyperband round will load.
 * `ktcompat`   every use of keras-tuner's private API, each covered by a
@@ -37,6 +40,7 @@ _EXPORTS = {
     "SearchOptions": "options",
     "IDENTITY": "options",
     "DIGITS": "options",
+    "DATASETS": "options",
     "RandomSearch": "tuners",
     "Hyperband": "tuners",
     "BayesianOptimization": "tuners",

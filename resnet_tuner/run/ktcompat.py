@@ -37,7 +37,11 @@ Uses (keras-tuner name -> helper here):
   (documented for methods only) -> `synchronized`;
 * `Tuner._get_checkpoint_fname(trial_id)` -> `checkpoint_path`;
   `HyperbandOracle._brackets` (rounds of `{"id", "past_id"}`) and
-  `_get_size(bracket, round)` -> `promotable` (`run.checkpoints` prunes).
+  `_get_size(bracket, round)` -> `promotable` (`run.checkpoints` prunes);
+* `Oracle.create_trial`'s bookkeeping of a trial it starts or refuses
+  (`_record_values`, `ongoing_trials`, `trials`, `start_order`, `_save_trial`,
+  `_display`, `tuner_ids`, the zero-padded trial id) -> `start_trial`,
+  `stopped_trial` (`run.budget`'s final training and its end of a search).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ __all__ = [
     "init_tuner_with_oracle", "is_worker", "nothing_left", "requeue", "send_heartbeat",
     "servicer_base", "set_rpc_timeout", "synchronized", "use_channel", "ask_for_space",
     "end_once", "end_trial_response", "restore_running", "retry_unavailable",
-    "checkpoint_path", "promotable",
+    "checkpoint_path", "promotable", "start_trial", "stopped_trial",
 ]
 
 
@@ -335,3 +339,32 @@ def promotable(oracle) -> set[str]:
                 if better < places:
                     kept.add(trial.trial_id)
     return kept
+
+
+def start_trial(oracle, tuner_id: str, values: dict) -> Trial:
+    """Starts a trial of the given hyperparameter values for `tuner_id`, as
+    `Oracle.create_trial` does for the values `populate_space` returns, but
+    past `max_trials` and the oracle's own choice (a budget's final training).
+    Call it under the oracle's lock."""
+    trial_id = f"{{:0{len(str(oracle.max_trials))}d}}".format(len(oracle.trials))
+    hyperparameters = oracle.hyperparameters.copy()
+    hyperparameters.values = dict(values)
+    trial = Trial(hyperparameters=hyperparameters, trial_id=trial_id,
+                  status=TrialStatus.RUNNING)
+    oracle.tuner_ids.add(tuner_id)
+    oracle._record_values(trial)
+    oracle.ongoing_trials[tuner_id] = trial
+    oracle.trials[trial_id] = trial
+    oracle.start_order.append(trial_id)
+    oracle._save_trial(trial)
+    oracle.save()
+    oracle._display.on_trial_begin(trial)
+    return trial
+
+
+def stopped_trial(oracle, tuner_id: str) -> Trial:
+    """The STOPPED trial `Oracle.create_trial` answers when the search is over: the
+    tuner leaves its loop. Call it under the oracle's lock."""
+    oracle.tuner_ids.discard(tuner_id)
+    return Trial(hyperparameters=oracle.hyperparameters.copy(), trial_id=None,
+                 status=TrialStatus.STOPPED)

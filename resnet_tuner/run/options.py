@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -27,6 +29,11 @@ from resnet_tuner.devices import PRECISION_CHOICES, check_devices, parse_devices
 
 #: Data directory name that selects scikit-learn's bundled digits.
 DIGITS = "digits"
+#: Fashion-MNIST (`resnet_tuner.datasets.fashion_mnist`): the official test split.
+FASHION_MNIST = "fashion-mnist"
+#: DATA_DIR names that load a dataset instead of a folder
+#: (`resnet_tuner.data.datasets.named_dataset`); a folder of such a name is ./NAME.
+DATASETS = (DIGITS, FASHION_MNIST)
 #: What trials can be ranked by -> keras-tuner's direction. `val_balanced_accuracy`
 #: is the mean of the per-class recalls (`resnet_tuner.training.BalancedAccuracy`).
 OBJECTIVES = {"val_accuracy": "max", "val_loss": "min", "val_balanced_accuracy": "max"}
@@ -79,6 +86,57 @@ def fractions(text: str) -> tuple[float, float, float]:
     return parts  # type: ignore[return-value]
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """`"30m"`, `"90s"`, `"1h30m"`, `"2h"`, `"1.5h"` or a number of seconds -> seconds.
+
+    Raises:
+        ValueError: anything else, or a duration that is not positive.
+    """
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        value = str(text).strip().lower().replace(" ", "")
+        number = r"(?:\d+(?:\.\d*)?|\.\d+)"
+        if re.fullmatch(number, value):
+            seconds = float(value)
+        elif re.fullmatch(f"(?:{number}[smhd])+", value):
+            seconds = sum(float(n) * _UNITS[u] for n, u in re.findall(f"({number})([smhd])", value))
+        else:
+            raise ValueError(f"expected a duration like 30m, 90s, 1h30m or a number of seconds, "
+                             f"got {text!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"a time budget must be a positive duration, got {text!r}")
+    return seconds
+
+
+def duration(text: str) -> float:
+    """argparse type: a duration (`parse_duration`)."""
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def share(text: str) -> float:
+    """argparse type: a share in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a share from 0 to below 1, got {text!r}")
+    return value
+
+
+def _check_share(value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"final_training must be a share of the time budget in [0, 1). "
+                         f"Received: final_training={value!r}")
+
+
 def _check_split(split) -> None:
     from resnet_tuner.data import check_split_fractions
 
@@ -86,10 +144,11 @@ def _check_split(split) -> None:
 
 
 def _check_data_dir(data_dir) -> None:
-    if data_dir != DIGITS and not Path(data_dir).is_dir():
+    if data_dir not in DATASETS and not Path(data_dir).is_dir():
         raise FileNotFoundError(
-            f"Image folder not found: {data_dir} (give a folder with one subfolder "
-            f"per class, or '{DIGITS}' for the bundled digits)"
+            f"Image folder not found: {data_dir} (give a folder with one subfolder per class, "
+            f"or a dataset: '{DIGITS}' for the bundled digits, '{FASHION_MNIST}' for "
+            "Fashion-MNIST)"
         )
 
 
@@ -177,8 +236,11 @@ class SearchOptions:
 
     data_dir: str = option(
         flag=None, metavar="DATA_DIR", identity=True, check=_check_data_dir,
-        help=f"image folder (one subfolder per class, or train/ val/ test/), or '{DIGITS}' "
-             "for scikit-learn's bundled digits")
+        help=f"image folder (one subfolder per class, or train/ val/ test/), or a dataset: "
+             f"'{DIGITS}' for scikit-learn's bundled digits, '{FASHION_MNIST}' for "
+             "Fashion-MNIST (its official 10,000 test images are the test split; from "
+             "Debian's dataset-fashion-mnist, $RESNET_TUNER_FASHION_MNIST, Keras' cache or "
+             "a Keras download). A folder of such a name: ./NAME")
     out: str = option(flag="--out", required=True, help="run directory (e.g. runs/pets)")
     space: str = option(
         "quick", identity=True, metavar="SPACE",
@@ -218,9 +280,11 @@ class SearchOptions:
     split: tuple[float, float, float] = option(
         (0.8, 0.1, 0.1), parse=fractions, identity=True, check=_check_split,
         metavar="TRAIN,VAL,TEST",
-        help="train,val,test fractions for a folder of class subfolders; TEST 0 keeps no test "
-             "split (all images for the search; the accuracy reported is then the search's "
-             "validation accuracy, optimistic) (default: {default})")
+        help="train,val,test fractions for a folder of class subfolders or digits; TEST 0 "
+             "keeps no test split (all images for the search; the accuracy reported is then "
+             "the search's validation accuracy, optimistic). fashion-mnist keeps its official "
+             "test split and holds out VAL/(TRAIN+VAL) of its 60,000 training images (0.1 "
+             "with the default) (default: {default})")
     resize: str = option(
         "stretch", choices=resize_modes, identity=True,
         help="how images are fitted to the size (default: {default})")
@@ -247,6 +311,26 @@ class SearchOptions:
         None, parse=positive_int, minimum=1, identity=True, metavar="PATIENCE",
         help="end a trial after PATIENCE epochs without a better objective (default: every "
              "trial trains all its epochs)")
+    time_budget: float | str | None = option(
+        None, parse=duration, check=parse_duration, tuner_kwarg="time_budget",
+        to_tuner=lambda value: None if value is None else parse_duration(value),
+        metavar="DURATION",
+        help="wall-clock budget of the whole search, from reading the data to the exported "
+             "bundle: 30m, 1h30m, 90s. No trial starts that the time left cannot hold, the "
+             "running one stops at the deadline keeping its best epoch, and --final-training's "
+             "share of the budget trains the best configuration again for the time left. A "
+             "resumed search counts the time already spent (default: no budget)")
+    final_training: float = option(
+        0.5, parse=share, check=_check_share, tuner_kwarg="final_training", metavar="SHARE",
+        help="with --time-budget, the share of the budget kept for training the best "
+             "configuration found again, from scratch, its learning rate decaying over the "
+             "time left up to the deadline; exported when its validation score is the best. "
+             "0: none (default: {default})")
+    median_stopping: bool = option(
+        False, tuner_kwarg="median_stopping",
+        help="stop a trial as soon as its best objective after an epoch is worse than the "
+             "median of the finished trials' after the same epoch (once 3 trials have "
+             "finished), so bad configurations cost an epoch or two")
     precision: str = option(
         "float32", choices=PRECISION_CHOICES, identity=True,
         help="dtype policy the trials train with: float32, mixed_float16 or mixed_bfloat16 "

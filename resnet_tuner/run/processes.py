@@ -68,13 +68,15 @@ def trials_command(options: SearchOptions, stop_after: int, started: float,
 
 
 def run_search_in_processes(options: SearchOptions, trials_per_process: int = 1,
-                            verbose: int = 1) -> None:
+                            verbose: int = 1, started: float | None = None) -> None:
     """Runs a search in a series of fresh processes of `trials_per_process` trials each.
 
     Args:
         options: the run's settings.
         trials_per_process: trials each process runs before a fresh one resumes.
         verbose: as `run_search`'s; 2 also lets the processes' libraries talk.
+        started: when the search began (default: now), for progress lines and
+            the time budget (`--time-budget` counts from here).
 
     Raises:
         ValueError / FileNotFoundError / SpaceError: bad options, data or space
@@ -83,20 +85,20 @@ def run_search_in_processes(options: SearchOptions, trials_per_process: int = 1,
     """
     from resnet_tuner.run.search import prepare_run
 
+    started = time.time() if started is None else started
     options.validate()
     search_space(options)
     run_dir = Path(options.out)
     check_resume(run_dir, options)
     with search_lock(run_dir):  # the trial processes run under this one's lock
         prepare_run(options, verbose, summary=verbose >= 1)
-        _run_processes(options, trials_per_process, run_dir, verbose)
+        _run_processes(options, trials_per_process, run_dir, verbose, started)
 
 
 def _run_processes(options: SearchOptions, trials_per_process: int, run_dir: Path,
-                   verbose: int) -> None:
+                   verbose: int, started: float) -> None:
     import subprocess
 
-    started = time.time()
     done = 0 if options.overwrite else finished_trials(run_dir)
     first = True
     while True:

@@ -55,6 +55,15 @@ def plan_line(options, total: int, epochs: int, done: int) -> str:
         what = f"{total} trials of {options.tuner} search, {epochs} epochs each"
     more = ("raise --hyperband-iterations to run more" if options.tuner == "hyperband"
             and total < options.max_trials else "raise --max-trials to run more")
+    if getattr(options, "time_budget", None):
+        from resnet_tuner.run.options import parse_duration
+
+        seconds = parse_duration(options.time_budget)
+        final = options.final_training
+        what += f", within {duration(seconds)}"
+        if final:
+            what += (f"; the last {duration(final * seconds)} train the best configuration "
+                     "again (--final-training)")
     if done >= total:
         return f"search: all {what} have run; {more}"
     resumed = f", {done} done: resuming" if done else ""
@@ -77,7 +86,7 @@ def worker_line(tuner_id: str, trial, objective: str) -> str:
 
 
 def search_line(oracle, trial, *, started: float, done_before: int, total: int | None,
-                now: float | None = None) -> str:
+                now: float | None = None, budget=None) -> str:
     """`trial 3 of 10: val_accuracy=0.8125 | best 0.8750 | 1m02s elapsed, ~3m30s left`.
 
     Args:
@@ -88,12 +97,28 @@ def search_line(oracle, trial, *, started: float, done_before: int, total: int |
             left is estimated from this process's pace.
         total: trials the search runs (None: no estimate).
         now: the current time (default: `time.time()`).
+        budget: the search's `run.budget.TimeBudget`: the time left is the budget's.
     """
+    from resnet_tuner.run.budget import FINAL_EPOCHS, FINAL_FROM
+
     done = sum(t.status in ENDED for t in oracle.trials.values())
-    elapsed = (time.time() if now is None else now) - started
+    now = time.time() if now is None else now
+    elapsed = now - started
     this_session = max(1, done - done_before)
     remaining = ""
-    if total:
+    values = trial.hyperparameters.values
+    if FINAL_EPOCHS in values:
+        best = oracle.get_best_trials(1)
+        best_text = f"{best[0].score:.4f}" if best and best[0].score is not None else "-"
+        name = oracle.objective.name
+        epochs = (len(trial.metrics.get_history(name)) if trial.metrics.exists(name)
+                  else values[FINAL_EPOCHS])
+        return (f"final training ({epochs} epochs in the time left, the configuration of "
+                f"trial {values.get(FINAL_FROM, '?')}): {name}={_score(trial)} | "
+                f"best {best_text} | {duration(elapsed)} elapsed")
+    if budget is not None:
+        remaining = f", {duration(budget.remaining(now))} of the budget left"
+    elif total:
         left = max(0, total - done)
         remaining = f", ~{duration(elapsed / this_session * left)} left"
     best = oracle.get_best_trials(1)

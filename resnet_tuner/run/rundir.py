@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from resnet_tuner.run.options import DIGITS, IDENTITY, SearchOptions
+from resnet_tuner.run.options import DATASETS, IDENTITY, SearchOptions
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".search.lock"
@@ -95,6 +95,25 @@ def check_resume(run_dir: Path, options: SearchOptions,
     return record
 
 
+#: Seconds the last session spent reading the data and exporting (the report's time line).
+TIMINGS_FILE = "timings.json"
+
+
+def record_timing(run_dir: Path, **seconds: float) -> None:
+    """Adds `name=seconds` to the run's `timings.json` (e.g. `data=3.2`, `export=21.0`)."""
+    import os
+
+    path = Path(run_dir) / TIMINGS_FILE
+    try:
+        timings = json.loads(path.read_text())
+    except (OSError, ValueError):
+        timings = {}
+    timings.update({k: round(float(v), 3) for k, v in seconds.items()})
+    temporary = path.with_name(f".{TIMINGS_FILE}.{os.getpid()}")
+    temporary.write_text(json.dumps(timings))
+    os.replace(temporary, path)
+
+
 def write_record(run_dir: Path, options: SearchOptions, space, class_names) -> None:
     """Writes `run.json`: the settings, the versions, the space and the classes."""
     record = {"options": options.to_json(), "versions": versions(), "space": space.to_dict(),
@@ -111,13 +130,22 @@ def read_record(run_dir: Path) -> dict:
 
 
 def load_data(options: SearchOptions, run_dir: Path, verbose: int = 1):
-    """The run's data: the manifest's splits when resuming, a new split otherwise."""
-    from resnet_tuner import ImageFolder, datasets
+    """The run's data: the manifest's splits when resuming, a new split otherwise.
+
+    A dataset name (`DATASETS`) loads it (`named_dataset`); resuming, its
+    splits are the manifest's, file by file, as a folder's are.
+    """
+    from resnet_tuner import ImageFolder
 
     size = (options.image_size, options.image_size)
     manifest = Path(run_dir) / MANIFEST_FILE
-    if options.data_dir == DIGITS:
-        return datasets.digits(image_size=size, split=options.split, seed=options.seed)
+    if options.data_dir in DATASETS:
+        from resnet_tuner.data.datasets import named_dataset
+
+        resumed = manifest.is_file() and not options.overwrite
+        return named_dataset(options.data_dir, size, options.split, options.seed,
+                             manifest=manifest if resumed else None,
+                             given="--split " + ",".join(f"{f:g}" for f in options.split))
     if manifest.is_file() and not options.overwrite:
         return ImageFolder.from_manifest(manifest, verbose=verbose)
     limit = {} if options.max_pixels is None else {"max_pixels": options.max_pixels}
@@ -157,10 +185,18 @@ def _split_to_use(options: SearchOptions):
 
 
 def search_space(options: SearchOptions):
-    """The run's `SearchSpace`, with the command line's batch size and epochs fixed."""
+    """The run's `SearchSpace`, with the command line's batch size and epochs fixed.
+
+    Pretrained backbones whose ImageNet weights are neither cached nor
+    downloadable are left out (`SearchSpace.with_available_weights`); a space
+    with none left fails here, before the run directory is touched. The
+    warning is said once a search: not again under the run's lock, which its
+    later calls and its trial processes (`LOCK_HELD_ENV`) hold.
+    """
     from resnet_tuner import load_space
 
-    space = load_space(options.space)
+    space = load_space(options.space).with_available_weights(
+        warn=LOCK_HELD_ENV not in os.environ)
     overrides = {}
     if options.batch_size:
         overrides["batch_size"] = options.batch_size

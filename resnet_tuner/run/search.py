@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 from resnet_tuner.run import auth, distribute, progress
-from resnet_tuner.run.options import DIGITS, SearchOptions, kt_objective
+from resnet_tuner.run.options import DATASETS, SearchOptions, kt_objective
 from resnet_tuner.run.processes import Handover
 from resnet_tuner.run.rundir import (
     MANIFEST_FILE,
@@ -16,6 +17,7 @@ from resnet_tuner.run.rundir import (
     finished_trials,
     load_data,
     read_record,
+    record_timing,
     search_lock,
     search_space,
     write_record,
@@ -56,8 +58,11 @@ def prepare_run(options: SearchOptions, verbose: int = 1, *, summary: bool = Tru
     run_dir = Path(options.out)
     space = search_space(options)
     run_dir.mkdir(parents=True, exist_ok=True)
+    reading = time.time()
     data = load_data(options, run_dir, verbose=verbose)
-    if options.data_dir == DIGITS and (
+    if summary:  # the session's first read (a process of a series reads the cache again)
+        record_timing(run_dir, data=time.time() - reading)
+    if options.data_dir in DATASETS and (
         options.overwrite or not (run_dir / MANIFEST_FILE).exists()
     ):
         data.write_manifest(run_dir / MANIFEST_FILE)

@@ -48,6 +48,7 @@ from pathlib import Path
 import keras_tuner as kt
 
 from resnet_tuner.devices import training_record
+from resnet_tuner.run import budget as _budget
 from resnet_tuner.run import distribute, ktcompat, progress
 from resnet_tuner.run.options import SearchOptions
 from resnet_tuner.run.processes import Handover
@@ -90,6 +91,26 @@ class RecordingTuner:
     #: this many and those Hyperband may still load (`run.checkpoints`); 0 keeps
     #: all, as keras-tuner does. `make_tuner` sets `SearchOptions.keep_checkpoints`.
     keep_checkpoints: int = 0
+    #: The whole search's wall-clock budget in seconds (None: none), the share of
+    #: it kept for the final training, and the median stopping rule (`run.budget`).
+    time_budget: float | None = None
+    final_training: float = _budget.FINAL_TRAINING
+    median_stopping: bool = False
+    #: The open `run.budget.TimeBudget` while a budgeted search runs.
+    budget: _budget.TimeBudget | None = None
+
+    def _take_search_arguments(self, kwargs: dict) -> None:
+        """Takes our constructor arguments out of `kwargs` (keras-tuner's `Tuner`
+        refuses unknown ones): `time_budget` (seconds or "30m"), `final_training`
+        (a share of the budget, 0 to 1), `median_stopping` (bool)."""
+        budget = kwargs.pop("time_budget", None)
+        self.time_budget = None if budget is None else _budget.parse_duration(budget)
+        final = float(kwargs.pop("final_training", _budget.FINAL_TRAINING))
+        if not 0 <= final < 1:
+            raise ValueError("final_training must be a share of the time budget in [0, 1). "
+                             f"Received: final_training={final!r}")
+        self.final_training = final
+        self.median_stopping = bool(kwargs.pop("median_stopping", False))
 
     def _print(self, line: str) -> None:
         print(line, file=self.progress_stream or sys.stdout, flush=True)
@@ -100,8 +121,25 @@ class RecordingTuner:
         return progress.EpochProgress(self.oracle.objective.name, batch_size,
                                       stream=lambda: self.progress_stream or sys.stdout)
 
+    def _budget_callbacks(self, trial, kwargs: dict) -> list:
+        """The trial's clock, and the budget's deadline, final epochs and median rule."""
+        added: list = [_budget.EpochClock()]
+        final = trial.hyperparameters.values.get(_budget.FINAL_EPOCHS)
+        if final:  # the epochs estimated to fit; the deadline ends it (run.budget)
+            kwargs["epochs"] = _budget.final_epochs_bound(int(final))
+            kwargs.pop("initial_epoch", None)
+        if self.budget is not None:
+            added.append(_budget.Deadline(self.budget.training_end))
+        if self.median_stopping and not final and not ktcompat.is_worker(self):
+            added.append(_budget.BelowMedian(
+                _budget.objective_curves(self.oracle, exclude=trial.trial_id),
+                self.oracle.objective.name, self.oracle.objective.direction))
+        return added
+
     def run_trial(self, trial, *args, **kwargs):
         started = self._trial_started = time.time()
+        added = self._budget_callbacks(trial, kwargs)
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), *added]
         if self.epoch_progress:
             kwargs["callbacks"] = [*kwargs.get("callbacks", []), self._epoch_callback(trial)]
         try:
@@ -122,12 +160,24 @@ class RecordingTuner:
             "ended": time.time(),
             "history": getattr(history, "history", {}),
             "params": model.count_params() if model is not None else None,
+            "epoch_times": added[0].times,
+            **self._stopped_record(added),
             **self.training_record(trial),
         }
         path = Path(self.get_trial_dir(trial.trial_id)) / "history.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, default=float))
         return histories
+
+    @staticmethod
+    def _stopped_record(added: list) -> dict:
+        """Why the trial stopped early, if it did: `{"stopped": "deadline" | "below median"}`."""
+        for callback in added:
+            if isinstance(callback, _budget.Deadline) and callback.stopped:
+                return {"stopped": "deadline"}
+            if isinstance(callback, _budget.BelowMedian) and callback.stopped:
+                return {"stopped": "below median", "median_epoch": callback.stopped}
+        return {}
 
     def training_record(self, trial) -> dict:
         """How the trial trained: dtype policy, replicas, global and per-replica batch."""
@@ -150,6 +200,8 @@ class RecordingTuner:
 
     def on_trial_end(self, trial):
         super().on_trial_end(trial)
+        if self.budget is not None:
+            self.budget.save()
         for logger in self._trial_loggers:  # the oracle has recorded status and score
             logger.trial_ended(trial, self)
         self._print_progress(trial)
@@ -160,6 +212,11 @@ class RecordingTuner:
             if remaining is None or remaining > 0:
                 self.recycled = True
                 raise Handover()
+
+    def on_search_end(self):
+        super().on_search_end()
+        if self.budget is not None:
+            self.budget.save()
 
     def _prune_checkpoints(self) -> None:
         if not self.keep_checkpoints or ktcompat.is_worker(self):  # the chief's oracle decides
@@ -183,10 +240,22 @@ class RecordingTuner:
             return
         self._print(progress.search_line(
             self.oracle, trial, started=getattr(self, "_search_started", time.time()),
-            done_before=getattr(self, "_done_before", 0), total=self.progress_total))
+            done_before=getattr(self, "_done_before", 0), total=self.progress_total,
+            budget=self.budget))
+
+    def _open_budget(self) -> None:
+        """The search's `TimeBudget`, counting what earlier sessions spent; the
+        oracle (a chief's too) decides from it which trials still start."""
+        if self.time_budget is None or ktcompat.is_worker(self):
+            return
+        self.budget = _budget.TimeBudget.open(self.project_dir, self.time_budget,
+                                              self._search_started, self.final_training)
+        self.oracle.time_budget = self.budget
+        self.budget.save()
 
     def search(self, *args, **kwargs):
         self._search_started = self.search_started_at or time.time()
+        self._open_budget()
         self._done_before = self.done_at_start if self.done_at_start is not None else sum(
             t.status in ENDED for t in getattr(self.oracle, "trials", {}).values()
         )
@@ -206,12 +275,18 @@ class RecordingTuner:
         return super().search(*args, **kwargs)
 
 
-class RandomSearchOracle(ktcompat.InitialFirst, kt.oracles.RandomSearchOracle):
+class RandomSearchOracle(_budget.BudgetOracle, ktcompat.InitialFirst,
+                         kt.oracles.RandomSearchOracle):
     """keras-tuner's random search oracle; `initial` configurations first."""
 
 
-class BayesianOptimizationOracle(ktcompat.InitialFirst, kt.oracles.BayesianOptimizationOracle):
+class BayesianOptimizationOracle(_budget.BudgetOracle, ktcompat.InitialFirst,
+                                 kt.oracles.BayesianOptimizationOracle):
     """keras-tuner's Bayesian oracle; `initial` configurations are its first initial points."""
+
+
+class GridSearchOracle(_budget.BudgetOracle, kt.oracles.GridSearchOracle):
+    """keras-tuner's grid search oracle, within a time budget when one is given."""
 
 
 def hyperband_trials(max_epochs: int, factor: int, iterations: float = 1) -> int | None:
@@ -244,7 +319,7 @@ def hyperband_trials(max_epochs: int, factor: int, iterations: float = 1) -> int
     return per_iteration * int(iterations)
 
 
-class HyperbandOracle(ktcompat.InitialFirst, kt.oracles.HyperbandOracle):
+class HyperbandOracle(_budget.BudgetOracle, ktcompat.InitialFirst, kt.oracles.HyperbandOracle):
     """keras-tuner's Hyperband oracle; `initial` configurations are its first candidates.
 
     Its `max_trials` is the number of trials its brackets run
@@ -279,6 +354,7 @@ class RandomSearch(RecordingTuner, kt.RandomSearch):
                  hyperparameters=None, tune_new_entries=True, allow_new_entries=True,
                  max_retries_per_trial=0, max_consecutive_failed_trials=3, **kwargs):
         self.seed = seed
+        self._take_search_arguments(kwargs)
         oracle = RandomSearchOracle(
             objective=objective, max_trials=max_trials, seed=seed,
             hyperparameters=hyperparameters, tune_new_entries=tune_new_entries,
@@ -295,6 +371,7 @@ class BayesianOptimization(RecordingTuner, kt.BayesianOptimization):
                  alpha=1e-4, beta=2.6, seed=None, hyperparameters=None, tune_new_entries=True,
                  allow_new_entries=True, max_retries_per_trial=0,
                  max_consecutive_failed_trials=3, **kwargs):
+        self._take_search_arguments(kwargs)
         oracle = BayesianOptimizationOracle(
             objective=objective, max_trials=max_trials, num_initial_points=num_initial_points,
             alpha=alpha, beta=beta, seed=seed, hyperparameters=hyperparameters,
@@ -317,6 +394,7 @@ class Hyperband(RecordingTuner, kt.Hyperband):
                  hyperband_iterations=1, seed=None, hyperparameters=None,
                  tune_new_entries=True, allow_new_entries=True, max_retries_per_trial=0,
                  max_consecutive_failed_trials=3, max_trials=None, **kwargs):
+        self._take_search_arguments(kwargs)
         oracle = HyperbandOracle(
             objective, max_epochs=max_epochs, factor=factor,
             hyperband_iterations=hyperband_iterations, seed=seed,
@@ -334,6 +412,18 @@ class GridSearch(RecordingTuner, kt.GridSearch):
     `initial` configurations where they lie on the grid (see the module
     docstring).
     """
+
+    def __init__(self, hypermodel=None, objective=None, max_trials=None, seed=None,
+                 hyperparameters=None, tune_new_entries=True, allow_new_entries=True,
+                 max_retries_per_trial=0, max_consecutive_failed_trials=3, **kwargs):
+        self.seed = seed
+        self._take_search_arguments(kwargs)
+        oracle = GridSearchOracle(
+            objective=objective, max_trials=max_trials, seed=seed,
+            hyperparameters=hyperparameters, tune_new_entries=tune_new_entries,
+            allow_new_entries=allow_new_entries, max_retries_per_trial=max_retries_per_trial,
+            max_consecutive_failed_trials=max_consecutive_failed_trials)
+        ktcompat.init_tuner_with_oracle(self, kt.GridSearch, oracle, hypermodel, **kwargs)
 
 
 #: `SearchOptions.tuner` -> tuner class.
