@@ -170,6 +170,14 @@ def test_a_running_trial_shows_its_epochs_and_time_so_far(run, tmp_path):
     assert order.index("RUNNING") == order.count("COMPLETED") < order.index("FAILED")
 
 
+def test_the_reader_s_budget_names_are_the_budget_s():
+    from resnet_tuner.run import budget
+
+    # Copied into the TensorFlow-free reader (`run.budget` imports Keras).
+    assert (listing.FINAL_EPOCHS, listing.FINAL_FROM, listing.BUDGET_FILE) == (
+        budget.FINAL_EPOCHS, budget.FINAL_FROM, budget.BUDGET_FILE)
+
+
 def test_not_a_run_directory_exits_2(tmp_path, capsys):
     assert cli.main(["trials", str(tmp_path)]) == 2
     assert "Not a resnet-tuner run directory" in capsys.readouterr().err

@@ -22,6 +22,12 @@ Each trial is a dict (JSON values only):
     reason           why a FAILED / INVALID trial failed: its error's last line
     checkpoint       "kept", "pruned" (`--keep-checkpoints`) or None (none written)
     history          per-epoch metrics (from history.json)
+    epoch_times      UNIX time at the end of each epoch ([] for runs before the budget)
+    stopped          why training ended early: "deadline" (the time budget's) or
+                     "below median" (`--median-stopping`); None if it ran all its epochs
+    final            True for a time budget's final training (the best configuration
+                     trained again: its hyperparameters carry `FINAL_EPOCHS`)
+    final_from       the final training's source trial (`FINAL_FROM`), else None
 
 `read_trials` returns them best first: completed trials by the run's objective
 in its direction, then running ones, then the rest, each by trial number.
@@ -53,9 +59,19 @@ PRUNED_FILE = "pruned_checkpoints.json"
 #: In a trial folder, rewritten after each epoch (`write_progress`): keras-tuner 1.4
 #: writes `trial.json` only when a trial starts and ends.
 PROGRESS_FILE = "progress.json"
+#: The hyperparameters that mark a time budget's final training and hold its epochs and
+#: the trial whose configuration it trains again, and the budget's file: here,
+#: TensorFlow-free, for the reader and the report; `run.budget` (which imports Keras)
+#: must use the same names.
+FINAL_EPOCHS = "final/epochs"
+FINAL_FROM = "final/from_trial"
+#: A time budget's record in the tuner's project folder (`run.budget.read_budget`).
+BUDGET_FILE = "budget.json"
 #: Fields of each trial in the order of the CSV's first columns.
 COLUMNS = ("trial_id", "status", "score", "epochs", "seconds", "params", "checkpoint",
-           "parent", "reason", "started", "ended")
+           "parent", "reason", "started", "ended", "stopped", "final", "final_from")
+#: How the table says why a trial stopped early (`history.json`'s `stopped`).
+STOPPED_TEXT = {"deadline": "stopped at the deadline", "below median": "stopped below the median"}
 #: After the scored trials: the unscored, running, ended, then unreadable ones.
 #: `keras_tuner.src.errors.FailedTrialError: ...` -> `FailedTrialError: ...`.
 _MODULE_PATH = re.compile(r"^(?:[A-Za-z_]\w*\.)+(?=\w+:)")
@@ -136,6 +152,8 @@ def _trial(trial_dir: Path, pruned: dict[str, int]) -> dict[str, Any]:
         if started:
             seconds = (time.time() if status == "RUNNING" else progress["updated"]) - started
     reason = reason_of((raw or {}).get("message"))
+    final = FINAL_EPOCHS in values
+    source = values.get(FINAL_FROM) if final else None
     if raw is None:
         reason = "trial.json unreadable (being written, or damaged)"
     checkpoint = "kept" if checkpoint_files(trial_dir) else (
@@ -144,7 +162,8 @@ def _trial(trial_dir: Path, pruned: dict[str, int]) -> dict[str, Any]:
         "trial_id": trial_id,
         "status": status,
         "score": (raw or {}).get("score"),
-        "hyperparameters": {k: v for k, v in values.items() if not k.startswith("tuner/")},
+        "hyperparameters": {k: v for k, v in values.items()
+                            if not k.startswith(("tuner/", "final/"))},
         "parent": values.get("tuner/trial_id"),
         "epochs": epochs,
         "seconds": seconds,
@@ -154,6 +173,10 @@ def _trial(trial_dir: Path, pruned: dict[str, int]) -> dict[str, Any]:
         "reason": reason if status != "COMPLETED" else "",
         "checkpoint": checkpoint,
         "history": history,
+        "epoch_times": [t for t in extra.get("epoch_times") or [] if isinstance(t, (int, float))],
+        "stopped": extra.get("stopped") or None,
+        "final": final,
+        "final_from": None if source is None else str(source),
     }
 
 
@@ -258,6 +281,18 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+def notes_text(trial: dict) -> str:
+    """`final training of trial 3; stopped at the deadline`: what sets a trial apart
+    (the budget's final training, an early stop), for the table and the report."""
+    notes = []
+    if trial.get("final"):
+        source = trial.get("final_from")
+        notes.append(f"final training of trial {source}" if source else "final training")
+    if trial.get("stopped"):
+        notes.append(STOPPED_TEXT.get(trial["stopped"], f"stopped: {trial['stopped']}"))
+    return "; ".join(notes)
+
+
 def varying(trials: Sequence[dict]) -> tuple[list[str], dict[str, Any]]:
     """Hyperparameter names whose values differ between trials, and those that do not."""
     names = sorted({k for t in trials for k in t["hyperparameters"]})
@@ -286,8 +321,9 @@ def table_lines(trials: Sequence[dict], objective: str, width: int | None = None
                        if n in t["hyperparameters"])
         if t["parent"] is not None:
             hps = f"(from {t['parent']}) {hps}"
-        if t["reason"]:
-            hps = f"{t['reason']} | {hps}" if hps else t["reason"]
+        notes = [note for note in (t["reason"], notes_text(t)) if note]
+        if notes:
+            hps = " | ".join([*notes, hps] if hps else notes)
         score = t["score"]
         rows.append((t["trial_id"], t["status"],
                      f"{score:.4f}" if isinstance(score, (int, float)) else "-",
