@@ -71,7 +71,9 @@ def export_reserve(seconds: float) -> float:
     A twentieth of the budget, at least 30 s and at most 90 s, but never more
     than a quarter of it. Exporting the digits' best model (`model.keras`,
     SavedModel, LiteRT, the card) took 8-17 s on 2 CPU cores beside other
-    jobs; Fashion-MNIST's (10,000 test images) 58 s beside them, XX s alone.
+    jobs; Fashion-MNIST's (10,000 test images) 58-83 s beside them while every
+    format ran all test images, 12.7 s alone since formats check 1,000
+    (`bench/fashion_mnist.py`, 2026-12-04).
     """
     return min(90.0, max(30.0, 0.05 * seconds), 0.25 * seconds)
 

@@ -99,7 +99,7 @@ def search_line(oracle, trial, *, started: float, done_before: int, total: int |
         now: the current time (default: `time.time()`).
         budget: the search's `run.budget.TimeBudget`: the time left is the budget's.
     """
-    from resnet_tuner.run.budget import FINAL_EPOCHS, FINAL_FROM
+    from resnet_tuner.run.trials import FINAL_EPOCHS, FINAL_FROM
 
     done = sum(t.status in ENDED for t in oracle.trials.values())
     now = time.time() if now is None else now
@@ -111,10 +111,8 @@ def search_line(oracle, trial, *, started: float, done_before: int, total: int |
         best = oracle.get_best_trials(1)
         best_text = f"{best[0].score:.4f}" if best and best[0].score is not None else "-"
         name = oracle.objective.name
-        epochs = (len(trial.metrics.get_history(name)) if trial.metrics.exists(name)
-                  else values[FINAL_EPOCHS])
-        return (f"final training ({epochs} epochs in the time left, the configuration of "
-                f"trial {values.get(FINAL_FROM, '?')}): {name}={_score(trial)} | "
+        return (f"final training (the configuration of trial {values.get(FINAL_FROM, '?')}, "
+                f"for the time left): {name}={_score(trial)} | "
                 f"best {best_text} | {duration(elapsed)} elapsed")
     if budget is not None:
         remaining = f", {duration(budget.remaining(now))} of the budget left"
