@@ -17,8 +17,9 @@ from pathlib import Path
 
 from resnet_tuner import console
 
-#: When this command started: the module's import for the process's first command (so
-#: the interpreter's and our imports count against `--time-budget`), else `main`'s call.
+#: When this command started: the module's import when `main` runs as the program (the
+#: console script: the interpreter's and our imports count against `--time-budget`), else
+#: `main`'s call (a script or test calling `main([...])` imported us long before).
 _started = {"at": time.time(), "first": True}
 
 
@@ -476,7 +477,7 @@ def _cli_wording(message: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if not _started.pop("first", False):
+    if not (_started.pop("first", False) and argv is None):
         _started["at"] = time.time()
     argv = sys.argv[1:] if argv is None else list(argv)
     from resnet_tuner.run.processes import TRIALS_COMMAND
