@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_tuner import formats
+from resnet_tuner.config import PRETRAINED_STAGES
 
 #: The file listing every file of the image folder that was not used, and why.
 SKIPPED_FILE = "skipped.json"
@@ -98,6 +99,87 @@ def epochs_line(trial: dict[str, Any] | None, train_config: dict[str, Any] | Non
     if train_config:
         return f"- Epochs: {train_config['epochs']} (the training configuration's setting)"
     return "- Epochs: not recorded"
+
+
+def _backbone_name(backbone: str) -> str:
+    """`ResNet50` for `resnet50` (keras.applications' names), a path in backticks."""
+    if backbone in PRETRAINED_STAGES:
+        return "ResNet" + backbone.removeprefix("resnet").upper()
+    return f"backbone `{backbone}`"
+
+
+def _backbone_stages(backbone: str) -> int | None:
+    """The stages `freeze_stages` counts in `backbone`; None when a path's model is gone.
+
+    A path backbone's are counted in its model (`model.backbones`, imported
+    only then: the export that writes the card has TensorFlow loaded).
+    """
+    if backbone in PRETRAINED_STAGES:
+        return PRETRAINED_STAGES[backbone]
+    try:
+        from resnet_tuner.model.backbones import backbone_stages
+
+        return backbone_stages(backbone)
+    except Exception:  # moved or deleted since the search: described without the count
+        return None
+
+
+def _stages(first: int, last: int) -> str:
+    return f"stage {first}" if first == last else f"stages {first}-{last}"
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'s' if n != 1 else ''}"
+
+
+def fine_tuning_line(model: dict[str, Any], train: dict[str, Any] | None,
+                     epochs: int | None = None) -> str:
+    """What trained in each phase of a model on a pretrained or path backbone ("" for scratch).
+
+    E.g. `- Fine-tuning: phase 1, 3 epochs: ResNet50 frozen (stages 1-5), head
+    trained; phase 2, 7 epochs: stages 1-3 frozen, stages 4-5 and head trained at
+    0.1x the learning rate`. Reads the rules of `training.plan_phases`: a
+    `head_epochs` of 0, or a `freeze_stages` that leaves nothing to unfreeze,
+    is one phase. `epochs` is how many the weights were trained for (default
+    `train["epochs"]`): fewer than `head_epochs` ran phase 1 only.
+    """
+    backbone = model.get("backbone", "scratch")
+    if backbone == "scratch" or not train:
+        return ""
+    name, frozen = _backbone_name(backbone), int(model.get("freeze_stages", 0))
+    total = _backbone_stages(backbone)
+    epochs = int(train["epochs"] if epochs is None else epochs)
+    head = int(train.get("head_epochs") or 0)
+
+    def whole() -> str:
+        stages = f"stages 1-{total}" if total else "all its stages"
+        return f"{name} frozen ({stages}), head trained"
+
+    def partial(named: bool) -> str:
+        """Stages 1..frozen frozen; `named`: the backbone named (one phase says it first)."""
+        if frozen == 0:
+            if named:
+                return f"{name} and head trained (nothing frozen)"
+            return "nothing frozen, backbone and head trained"
+        subject = f"{_stages(1, frozen)} of {name}" if named else _stages(1, frozen)
+        rest = (f"{_stages(frozen + 1, total)} and head" if total
+                else "its later stages and the head")
+        return f"{subject} frozen, {rest} trained"
+
+    nothing_to_unfreeze = bool(total) and frozen >= total
+    if not head or nothing_to_unfreeze:
+        text = f"- Fine-tuning: one phase, {_epochs(epochs)}: "
+        text += whole() if nothing_to_unfreeze else partial(named=True)
+        if head:
+            text += (f" (head_epochs = {head} had no effect: freeze_stages = {frozen} leaves "
+                     "no stage to unfreeze)")
+        return text
+    text = f"- Fine-tuning: phase 1, {_epochs(min(head, epochs))}: {whole()}; "
+    if epochs <= head:
+        return text + f"phase 2 did not run (training ended within the {head} head epochs)"
+    scale = float(train.get("finetune_lr_scale", 1.0))
+    return (text + f"phase 2, {_epochs(epochs - head)}: {partial(named=False)} at "
+            f"{scale:g}x the learning rate")
 
 
 def precision_line(config: dict[str, Any], trial: dict[str, Any] | None) -> str:
@@ -237,6 +319,10 @@ def model_card(*, name: str, params: int, data, config: dict[str, Any],
             if "top5_accuracy" in metrics else "")
     space_text = json.dumps(space.to_dict(), indent=1) if space is not None else "n/a"
     height, width = config["image_size"]
+    training_lines = "\n".join(line for line in (
+        epochs_line(trial, train_config),
+        fine_tuning_line(config["model"], train_config, (trial or {}).get("epochs")),
+        precision_line(config, trial)) if line)
     resized = (f"resize mode `{config['resize']}`" if config["resize"]
                else "as given (arrays, not resized by resnet_tuner)")
     return f"""# Model card: {name}
@@ -258,8 +344,7 @@ A ResNet found by resnet_tuner.
 ## Search
 - Space: `{getattr(space, "source", "n/a")}`
 - Best trial: {json.dumps(trial)}
-{epochs_line(trial, train_config)}
-{precision_line(config, trial)}
+{training_lines}
 - Hyperparameters: `{json.dumps(hyperparameters)}`
 - Training: `{json.dumps(train_config)}`
 

@@ -61,6 +61,9 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "label_smoothing": (0.0, 0.5),
     "weight_decay": (0.0, 1.0),
     "momentum": (0.0, 0.999),
+    # Phase 1 of two-phase fine-tuning is shorter than the whole run (`epochs`).
+    "head_epochs": (0, 99999),
+    "finetune_lr_scale": (1e-4, 1.0),
 }
 
 
@@ -168,7 +171,9 @@ class ResNetConfig:
         freeze_stages: stages frozen from the input side, 0 (all trainable) to
             5 for the keras.applications ResNets (conv1..conv5 frozen); for a
             path, up to the stages of that model (its stem and residual
-            stages). Frozen BatchNorm layers run in inference mode.
+            stages). Frozen BatchNorm layers run in inference mode. With
+            two-phase fine-tuning (`TrainConfig.head_epochs`), the depth of
+            phase 2; phase 1 freezes the whole backbone.
         weights: for a pretrained network of `PRETRAINED_STAGES`:
             `"imagenet"`, a path to a weights file, or `None` for random
             initialisation. A path backbone brings its own weights and ignores it.
@@ -392,7 +397,20 @@ class TrainConfig:
         momentum: momentum for SGD and RMSprop.
         lr_schedule: `"cosine"` (decay to 1 % over the trial's epochs, stepped
             every batch) or `"constant"`. Cosine settles the short training
-            runs of a search.
+            runs of a search. With two phases, each phase has its own curve.
+        head_epochs: two-phase fine-tuning of a pretrained or path backbone
+            (`ResNetConfig.backbone`): phase 1 trains the head alone for
+            `head_epochs` epochs on the whole backbone frozen; phase 2
+            unfreezes down to `ResNetConfig.freeze_stages` (stages
+            1..freeze_stages stay frozen) and trains the other
+            `epochs - head_epochs` epochs at `finetune_lr_scale` times the
+            learning rate (the Keras transfer-learning guide's recipe: a new
+            head first, so its random gradients do not wreck the pretrained
+            features). 0 (the default): one phase, stages 1..freeze_stages
+            frozen throughout at `learning_rate`. Must be less than `epochs`.
+            A scratch model has no backbone to freeze: a space refuses it.
+        finetune_lr_scale: phase 2's learning rate as a multiple of
+            `learning_rate` (e.g. 0.1); read only when `head_epochs` > 0.
     """
 
     optimizer: str = "adam"
@@ -403,11 +421,20 @@ class TrainConfig:
     weight_decay: float = 0.0
     momentum: float = 0.9
     lr_schedule: str = "cosine"
+    head_epochs: int = 0
+    finetune_lr_scale: float = 0.1
 
     def __post_init__(self) -> None:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_bounds(self)
+        if self.head_epochs and self.head_epochs >= self.epochs:
+            raise ValueError(
+                "head_epochs must be less than epochs: phase 1 trains the head for head_epochs "
+                "epochs, phase 2 fine-tunes for the other epochs - head_epochs. Lower "
+                "head_epochs (0: one phase) or raise epochs. "
+                f"Received: head_epochs={self.head_epochs}, epochs={self.epochs}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

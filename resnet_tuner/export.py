@@ -111,7 +111,8 @@ def export_best(tuner, directory: str | os.PathLike, data=None, *, test=None,
                     getattr(hypermodel, "num_classes", None))
     model_cfg, train_cfg = hypermodel.configs(trial.hyperparameters)
     epochs, source = trained_epochs(tuner, trial, train_cfg.epochs)
-    train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
+    if epochs > train_cfg.head_epochs:  # a trial stopped in its phase 1 keeps its config
+        train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
     if refit:
         model = refit_model(model_cfg, train_cfg, data, epochs=epochs, verbose=verbose,
                             precision=getattr(hypermodel, "precision", "float32"))
@@ -248,7 +249,8 @@ def refit_model(model_cfg: ResNetConfig, train_cfg: TrainConfig, data, epochs: i
     import tensorflow as tf
 
     from resnet_tuner.model import build_resnet
-    from resnet_tuner.training import compile_model, schedule_callbacks
+    from resnet_tuner.model.backbones import backbone_stages
+    from resnet_tuner.training import compile_model, fit_in_phases, plan_phases
 
     model = build_resnet(model_cfg, data.input_shape, data.num_classes, precision=precision)
     compile_model(model, train_cfg, data.num_classes)
@@ -263,8 +265,12 @@ def refit_model(model_cfg: ResNetConfig, train_cfg: TrainConfig, data, epochs: i
                 # unbatch() hides the length; Keras needs it to count steps per epoch.
                 .apply(tf.data.experimental.assert_cardinality(
                     images // batch if full else 1)))
-    model.fit(combined.prefetch(tf.data.AUTOTUNE), epochs=epochs, verbose=verbose,
-              shuffle=False, callbacks=schedule_callbacks(train_cfg, epochs))
+    stages = None if model_cfg.backbone == "scratch" else backbone_stages(model_cfg.backbone)
+    fit_in_phases(  # two-phase fine-tuning refits in its two phases, as its trial trained
+        model, train_cfg, plan_phases(train_cfg, epochs, 0, model_cfg.freeze_stages, stages),
+        lambda model, phase, **kwargs: model.fit(combined.prefetch(tf.data.AUTOTUNE),
+                                                 shuffle=False, **kwargs),
+        num_classes=data.num_classes, built_frozen=model_cfg.freeze_stages, verbose=verbose)
     return model
 
 

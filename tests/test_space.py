@@ -33,7 +33,7 @@ PRESET_DEFAULTS = {
     "quick": ({"stage_depths": (1, 1, 1), "stage_widths": (16, 32, 64), "stem": "cifar",
                "stem_width": 16}, {}),
     "transfer": ({"head_hidden": 10, "binary_head": True, "backbone": "resnet50",
-                  "freeze_stages": 3, "flip": "horizontal"},
+                  "flip": "horizontal"},
                  {"learning_rate": 1e-05}),
 }
 
@@ -306,6 +306,16 @@ def _at(field, value):
     return value, value
 
 
+#: What a field needs beside it to be valid at its bounds: two-phase fine-tuning needs a
+#: backbone, and a phase 1 (head_epochs) shorter than the whole training (epochs).
+_MOST_EPOCHS = BOUNDS["epochs"][1]
+COMPANIONS = {
+    "head_epochs": ({"epochs": _MOST_EPOCHS},
+                    {"model": {"backbone": "resnet50"}, "train": {"epochs": _MOST_EPOCHS}}),
+    "finetune_lr_scale": ({}, {"model": {"backbone": "resnet50"}}),
+}
+
+
 @pytest.mark.parametrize("field", sorted(BOUNDS))
 def test_space_and_config_share_every_bound(field):
     """A value at a bound is valid in a space and in a config; one beyond is rejected by both."""
@@ -313,15 +323,16 @@ def test_space_and_config_share_every_bound(field):
     config_class = TrainConfig if section in TRAIN_SECTIONS else ResNetConfig
     low, high = BOUNDS[field]
     step = 1 if isinstance(low, int) else max(abs(high), 1e-6) * 1e-3
+    config_extra, space_extra = COMPANIONS.get(field, ({}, {}))
     for value, valid in [(low, True), (high, True), (low - step, False), (high + step, False)]:
         config_value, file_value = _at(field, value)
-        space = {section: {field: file_value}}
+        space = {**space_extra, section: {**space_extra.get(section, {}), field: file_value}}
         if valid:
-            config_class(**{field: config_value})
+            config_class(**{field: config_value, **config_extra})
             load_space(space)
         else:
             with pytest.raises(ValueError, match=field):
-                config_class(**{field: config_value})
+                config_class(**{field: config_value, **config_extra})
             # Rejected by the schema's own bound, not only later by the config.
             with pytest.raises(SpaceError, match=rf"{field} = .*: must be between "
                                                  + re.escape(f"{low} and {high}")):

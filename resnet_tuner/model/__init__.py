@@ -14,8 +14,9 @@ A model is `uint8 image -> Rescaling(1/255) -> augmentation (training only)
   preprocessing, weights file, stage names), `resolve_weights`, the user's own
   model as backbone (`user_backbone`) and the stage names (`layer_stages`).
 * `layers`: the serializable custom layers the models carry.
-* here: the head, stage freezing, the dtype-policy scope (`precision`) and
-  `build_resnet` itself.
+* here: the head, stage freezing (`freeze_stages` at build time,
+  `set_frozen_stages` between the phases of two-phase fine-tuning), the
+  dtype-policy scope (`precision`) and `build_resnet` itself.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from resnet_tuner.model.augment import augmentation_layers
 from resnet_tuner.model.backbones import (
     BACKBONES,
     OWN_STAGE,
+    USER_BACKBONE,
     backbone_label,
     layer_stages,
     pretrained_backbone,
@@ -37,8 +39,8 @@ from resnet_tuner.model.backbones import (
 )
 from resnet_tuner.model.blocks import residual_backbone
 
-__all__ = ["build_resnet", "classifier_head", "describe", "dtype_policy", "freeze_stages",
-           "precision_of", "stage_of"]
+__all__ = ["backbone_of", "build_resnet", "classifier_head", "describe", "dtype_policy",
+           "freeze_stages", "precision_of", "set_frozen_stages", "stage_of"]
 
 
 def classifier_head(x, cfg: ResNetConfig, num_classes: int):
@@ -98,6 +100,48 @@ def freeze_stages(model: keras.Model, stages: int) -> list[str]:
             layer.trainable = False
             frozen.append(layer.name)
     return frozen
+
+
+def backbone_of(model: keras.Model) -> keras.Model | None:
+    """The nested backbone of a `build_resnet` model, or None (a scratch model has none).
+
+    A pretrained network is nested as one layer named after its `BACKBONES`
+    key (`resnet50`), the user's own model as `user_backbone`.
+    """
+    return next((layer for layer in model.layers if isinstance(layer, keras.Model)
+                 and (layer.name in BACKBONES or layer.name == USER_BACKBONE)), None)
+
+
+def set_frozen_stages(model: keras.Model, stages: int | None) -> list[str]:
+    """Sets what trains, both ways, between the phases of two-phase fine-tuning.
+
+    `stages=None` freezes the whole backbone (`backbone_of`), every layer of
+    it, staged or not: phase 1, the head trains alone. An integer `k` leaves
+    the model as `build_resnet` with `freeze_stages=k` does: the backbone
+    trainable again, then stages 1..k frozen (`freeze_stages`). Frozen
+    BatchNormalization layers run in inference mode, their moving statistics
+    untouched (Keras 3: `trainable=False`).
+
+    Returns:
+        The names of the frozen layers (leaves; for `None`, every leaf of the backbone).
+
+    Raises:
+        ValueError: `stages=None` for a model without a nested backbone.
+    """
+    backbone = backbone_of(model)
+    if stages is None:
+        if backbone is None:
+            raise ValueError(f"model {model.name} has no pretrained or path backbone to freeze "
+                             "whole (a scratch model); give a number of stages")
+        backbone.trainable = False  # Keras sets every layer inside it
+        return [layer.name for layer, _ in layer_stages(backbone)]
+    if backbone is not None:
+        backbone.trainable = True
+    else:
+        for layer, stage in layer_stages(model):
+            if stage is not None:
+                layer.trainable = True
+    return freeze_stages(model, stages)
 
 
 @contextlib.contextmanager

@@ -16,7 +16,10 @@ other fields override. `[transfer]` fields only apply to a pretrained backbone
 (`backbone = "resnet50"`, `"resnet101v2"`, ...) or the user's own model
 (`backbone = "path/to/bundle"`; `weights` does not apply to it); they and a
 block's own fields (`expansion` for bottlenecks) are sampled in keras-tuner
-conditional scopes so the oracle does not explore dead combinations.
+conditional scopes so the oracle does not explore dead combinations. So are
+`[train] head_epochs` (two-phase fine-tuning: a pretrained or path backbone
+only; an error in a scratch-only space) and `finetune_lr_scale` (only with
+`head_epochs` > 0).
 
 This package is the only code that declares hyperparameters (`hp.Choice`,
 `hp.Int`, `hp.Float`); the HyperModel passes a trial's `HyperParameters`
@@ -33,6 +36,7 @@ What lives where:
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
@@ -47,7 +51,7 @@ from resnet_tuner.space.fields import Choice, FieldParser, Fixed, Range, SpaceEr
 from resnet_tuner.space.fields import encode as _encode
 from resnet_tuner.space.fields import plain as _plain
 from resnet_tuner.space.sample import sample_configs
-from resnet_tuner.space.schema import SCHEMA, TOP_LEVEL_KEYS
+from resnet_tuner.space.schema import SCHEMA, TOP_LEVEL_KEYS, transfer_only
 
 __all__ = ["Choice", "Fixed", "Range", "SearchSpace", "SpaceError", "available_spaces",
            "load_space", "preset_dir"]
@@ -162,6 +166,7 @@ class SearchSpace:
             raise SpaceError(
                 f"{self.source}: [model] sets both stage_widths and base_width; keep one"
             )
+        self._check_two_phase(backbone)
         # Every combination must make a valid config: try the extremes of each
         # field one at a time against the defaults (cheap, catches e.g. option
         # A with shrinking widths, or a binary head with a preset).
@@ -174,6 +179,38 @@ class SearchSpace:
                     f"{self.source}: the space contains invalid models ({err}); "
                     f"for example with {values}"
                 ) from err
+
+    def _check_two_phase(self, backbone: Fixed | Choice) -> None:
+        """Two-phase fine-tuning (`[train] head_epochs`, `finetune_lr_scale`) needs a
+        backbone to freeze, and a phase 1 shorter than the whole training.
+
+        Set on a space whose only backbone is scratch, they are an error, as
+        `[transfer]` fields are (a scratch model trains in one phase); fixed to
+        their defaults (`head_epochs = 0`: one phase) they are accepted. In a
+        space that also has scratch, they apply to its other backbones only.
+        """
+        train = self.fields["train"]
+        if backbone == Fixed("scratch"):
+            defaults = dataclasses.asdict(TrainConfig())
+            misplaced = [name for name, spec in train.items()
+                         if transfer_only(name) and spec != Fixed(defaults[name])]
+            if misplaced:
+                raise SpaceError(
+                    f"{self.source}: [train] {', '.join(misplaced)} only apply to two-phase "
+                    "fine-tuning of a pretrained or path backbone (phase 1 trains the head on "
+                    "the frozen backbone, phase 2 fine-tunes at finetune_lr_scale x the "
+                    'learning rate), but this space only has backbone = "scratch", which '
+                    "trains in one phase: remove them, or set backbone to a pretrained network "
+                    '(e.g. "resnet50") or "path/to/bundle"'
+                )
+        head = _extreme(train.get("head_epochs"), max)
+        epochs = _extreme(train.get("epochs", Fixed(TrainConfig().epochs)), min)
+        if head and head >= epochs:
+            raise SpaceError(
+                f"{self.source}: [train] head_epochs can be {head} but epochs can be {epochs}: "
+                "phase 1 (head_epochs) must be shorter than the whole training (epochs), "
+                "phase 2 trains the rest. Lower head_epochs or raise epochs"
+            )
 
     def override(self, section: str, **values: Any) -> SearchSpace:
         """A copy of the space with fields of `section` fixed (or re-specified).
@@ -255,8 +292,10 @@ class SearchSpace:
         clone.__dict__.update(self.__dict__)
         clone.fields = {s: dict(f) for s, f in self.fields.items()}
         clone.fields["model"]["backbone"] = Fixed(kept[0]) if len(kept) == 1 else Choice(kept)
-        if kept == ("scratch",):  # no backbone left that [transfer] applies to
+        if kept == ("scratch",):  # no backbone left that [transfer] (or two phases) applies to
             clone.fields["transfer"] = {}
+            clone.fields["train"] = {name: spec for name, spec in clone.fields["train"].items()
+                                     if not transfer_only(name)}
         clone._check_consistency()
         clone.initial = clone._check_initial(self.initial, lenient=True)
         return clone
@@ -318,6 +357,17 @@ class SearchSpace:
         if self.initial:
             out["initial"] = [dict(values) for values in self.initial]
         return out
+
+
+def _extreme(spec: Fixed | Choice | Range | None, pick) -> Any:
+    """The largest (`pick=max`) or smallest (`min`) value a numeric field can take."""
+    if spec is None:
+        return None
+    if isinstance(spec, Fixed):
+        return spec.value
+    if isinstance(spec, Choice):
+        return pick(spec.values)
+    return pick(spec.min, spec.max)
 
 
 def _allowed(hp: Any, value: Any) -> bool:

@@ -65,9 +65,21 @@ def _scopes(stack: contextlib.ExitStack, hp: kt.HyperParameters, fields: Fields,
     section, parent_row = find_row(parent)
     _scopes(stack, hp, fields, parent_row)
     if _is_tuned(fields, parent):
-        if isinstance(values, Matching):  # the parent's choices in this space that match
-            values = [v for v in fields[section][parent].values if v in values]
+        if isinstance(values, Matching):  # the parent's values in this space that match
+            values = [v for v in _values_of(fields[section][parent]) if v in values]
         stack.enter_context(hp.conditional_scope(parent, [encode(v) for v in values]))
+
+
+def _values_of(spec: Choice | Range) -> tuple:
+    """Every value a tuned field can take: its choices, or an integer range's steps
+    (`head_epochs = { min = 0, max = 3 }` is the parent of `finetune_lr_scale`)."""
+    if isinstance(spec, Choice):
+        return spec.values
+    if not spec.is_int:
+        raise TypeError(f"a float range ({spec}) cannot be the parent of a conditional field")
+    # A log range's step multiplies (keras-tuner): every integer of it then, a superset.
+    step = int(spec.step or 1) if spec.sampling == "linear" else 1
+    return tuple(range(int(spec.min), int(spec.max) + 1, step))
 
 
 def sample_configs(fields: Fields, hp: kt.HyperParameters,

@@ -91,6 +91,13 @@ _scratch = ("backbone", SCRATCH)
 _pretrained = ("backbone", Matching(lambda value: value in BACKBONES))
 #: Any backbone but scratch: the pretrained networks and a path to the user's own model.
 _transfer = ("backbone", Matching(lambda value: value not in SCRATCH))
+#: Two-phase fine-tuning: a phase 1 of at least one epoch.
+_two_phase = ("head_epochs", Matching(lambda value: _is_count(value) and value > 0))
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
 
 SCHEMA: dict[str, dict[str, Row]] = {
     "model": {
@@ -144,6 +151,10 @@ SCHEMA: dict[str, dict[str, Row]] = {
         "lr_schedule": Row(Kind("str", LR_SCHEDULES)),
         "momentum": Row(bounded("float", "momentum"),
                         condition=("optimizer", parameter_of(OPTIMIZERS, "momentum"))),
+        # Two-phase fine-tuning (TrainConfig.head_epochs): a backbone to freeze first, and
+        # phase 2's learning rate only when there is a phase 1.
+        "head_epochs": Row(bounded("int", "head_epochs"), condition=_transfer),
+        "finetune_lr_scale": Row(bounded("float", "finetune_lr_scale"), condition=_two_phase),
     },
 }
 
@@ -164,6 +175,18 @@ def find_row(name: str) -> tuple[str, Row]:
         if name in rows:
             return section, rows[name]
     raise KeyError(name)
+
+
+def transfer_only(name: str) -> bool:
+    """Whether field `name` applies only to a pretrained or path backbone: one of its
+    conditions (its own or an ancestor's) is on `backbone` and excludes scratch."""
+    row = find_row(name)[1]
+    while row.condition is not None:
+        parent, values = row.condition
+        if parent == "backbone" and SCRATCH[0] not in values:
+            return True
+        row = find_row(parent)[1]
+    return False
 
 
 def _under_backbone(name: str, row: Row) -> bool:
