@@ -2,8 +2,9 @@
 
 `build(hp)` = sample config -> build network -> compile.
 `fit(hp, model, ...)` is where per-trial training choices live (batch size,
-epochs, class weights, early stopping), as keras-tuner's documentation
-recommends.
+epochs, class weights, early stopping, the phases of two-phase fine-tuning),
+as keras-tuner's documentation recommends. Each phase is one call of
+`ResNetHyperModel._fit_phase`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,15 @@ import numpy as np
 from resnet_tuner.config import ResNetConfig, TrainConfig
 from resnet_tuner.devices import resolve_precision
 from resnet_tuner.model import build_resnet
+from resnet_tuner.model.backbones import backbone_stages
 from resnet_tuner.space import SearchSpace, load_space
-from resnet_tuner.training import EXTRA_METRICS, compile_model, schedule_callbacks
+from resnet_tuner.training import (
+    EXTRA_METRICS,
+    Phase,
+    compile_model,
+    fit_in_phases,
+    plan_phases,
+)
 
 #: Metrics every model computes, besides `EXTRA_METRICS` (top-5 accuracy only
 #: with more than five classes).
@@ -62,6 +70,14 @@ class ResNetHyperModel(kt.HyperModel):
             on GPUs with tensor cores, mixed_bfloat16 on CPUs with native
             bfloat16, float32 otherwise). Inputs stay uint8 and outputs float32;
             `self.precision` is the resolved policy.
+        feature_cache: compute a trial's frozen stages once (`model.features`):
+            when its first stages are frozen and nothing before them changes in
+            training (no augmentation), their output for the training and
+            validation images is kept on disk and the rest of the model trains
+            on it; trials with the same backbone, weights, frozen stages and
+            images reuse it. True: in `$RESNET_TUNER_CACHE` (default
+            `~/.cache/resnet_tuner`, beside the image cache); a folder: there;
+            False: every epoch runs every image through the whole model.
         name: optional name of the HyperModel.
 
     Example:
@@ -86,6 +102,7 @@ class ResNetHyperModel(kt.HyperModel):
         objective: str | kt.Objective = "val_accuracy",
         early_stopping: int | None = None,
         precision: str = "float32",
+        feature_cache: bool | str | Path = True,
         name: str | None = None,
     ):
         super().__init__(name=name, tunable=True)
@@ -126,6 +143,10 @@ class ResNetHyperModel(kt.HyperModel):
                              f"Received: early_stopping={early_stopping!r}")
         self.early_stopping = early_stopping
         self.precision = resolve_precision(precision)
+        if not isinstance(feature_cache, (bool, str, Path)):
+            raise ValueError("feature_cache must be True, False or a folder. "
+                             f"Received: feature_cache={feature_cache!r}")
+        self.feature_cache = feature_cache
         # Fail now, not in trial 1: every default of the space must build here.
         self.configs(kt.HyperParameters())
 
@@ -154,12 +175,25 @@ class ResNetHyperModel(kt.HyperModel):
         the trial's batch size) or an `ImageFolder`-like data object (its
         `train` split, validated on its `val` split unless `validation_data`
         is given).
+
+        With two-phase fine-tuning (`TrainConfig.head_epochs` > 0 and a
+        pretrained or path backbone; `training.plan_phases`), phase 1 trains
+        the head on the whole backbone frozen, then phase 2 unfreezes down to
+        `freeze_stages` and recompiles at `finetune_lr_scale` times the
+        learning rate. Epochs keep one numbering (`fit(initial_epoch=)`), the
+        callbacks given (keras-tuner's, the budget's) are the same objects in
+        both phases, each phase has its own learning-rate curve, and the
+        `History` returned holds every epoch of both. A callback that stops
+        training in phase 1 (a deadline, early stopping, the median rule)
+        ends the trial there. `EarlyStopping` counts its patience afresh in
+        phase 2 (a new regime, whose first epochs may dip).
         """
         import tensorflow as tf
 
-        _, train = self.configs(hp)
+        model_cfg, train = self.configs(hp)
         kwargs.setdefault("epochs", train.epochs)
         class_weight = self.class_weight
+        as_given = (x, y, validation_data, train.batch_size)  # for cached features (_fit_phase)
         if _is_image_data(x):
             data = x
             if validation_data is None:
@@ -189,25 +223,60 @@ class ResNetHyperModel(kt.HyperModel):
         # up to its deadline (run.budget), rather than over a guessed number of epochs.
         from resnet_tuner.run.budget import FINAL_EPOCHS, Deadline
 
-        deadline = next((c for c in kwargs.get("callbacks", []) if isinstance(c, Deadline)), None)
+        given = list(kwargs.pop("callbacks", None) or [])
+        deadline = next((c for c in given if isinstance(c, Deadline)), None)
         ends_at = deadline.at if deadline is not None and FINAL_EPOCHS in hp.values else None
-        kwargs["callbacks"] = [
-            *kwargs.get("callbacks", []),
-            *schedule_callbacks(train, kwargs["epochs"], ends_at=ends_at),
-            FailOnNaN(),
-        ]
+        stages = None if model_cfg.backbone == "scratch" else backbone_stages(model_cfg.backbone)
+        phases = plan_phases(train, kwargs.pop("epochs"), kwargs.pop("initial_epoch", None) or 0,
+                             model_cfg.freeze_stages, stages)
+        last = [FailOnNaN()]
         if self.early_stopping:
-            kwargs["callbacks"].append(keras.callbacks.EarlyStopping(
+            last.append(keras.callbacks.EarlyStopping(
                 monitor=self.objective.name, mode=self.objective.direction,
                 patience=self.early_stopping))
         try:
-            return model.fit(x, y, validation_data=validation_data, **kwargs)
+            return fit_in_phases(
+                model, train, phases,
+                lambda model, **fit_kwargs: self._fit_phase(model, x, y, validation_data,
+                                                            given=as_given, **fit_kwargs),
+                num_classes=self.num_classes, extra_metrics=self.extra_metrics,
+                built_frozen=model_cfg.freeze_stages, callbacks=given, last_callbacks=last,
+                ends_at=ends_at, **kwargs)
         except (tf.errors.ResourceExhaustedError, MemoryError) as err:
             # Recorded as a FAILED trial with this reason; the search goes on.
             raise kt.errors.FailedTrialError(
                 f"out of memory training {model.name} ({model.count_params():,} parameters, "
                 f"batch size {train.batch_size}): {str(err).splitlines()[0][:300]}"
             ) from err
+
+    def _fit_phase(self, model: keras.Model, x, y, validation_data, *, phase: Phase,
+                   given: tuple = (None, None, None, None), **kwargs):
+        """Trains `model` for one `phase` of a trial: the one place a trial calls `fit`.
+
+        `kwargs` are `fit`'s (`epochs` and `initial_epoch` are the phase's,
+        `callbacks` the trial's with the phase's schedule). Replace it to train a
+        phase differently, e.g. on cached features of its frozen stages (1 to
+        `phase.frozen_stages`; `phase.head_only`: the whole backbone); it
+        returns the phase's `History`. `given` is the trial's data as `fit`
+        received it (`x`, `y`, `validation_data`) and its batch size.
+
+        With `feature_cache`, a phase whose frozen stages qualify trains on
+        their cached output (`features.cached_fit`, same batch size, same
+        callbacks); otherwise, or when the data is a `tf.data.Dataset`, it
+        trains `model` on the images.
+        """
+        if self.feature_cache and phase.frozen_stages:
+            from resnet_tuner.model.features import cached_fit
+
+            raw_x, raw_y, raw_validation, batch_size = given
+            cached_kwargs = {k: v for k, v in kwargs.items() if k not in ("batch_size", "shuffle")}
+            history = cached_fit(
+                model, phase.frozen_stages, raw_x, raw_y, raw_validation,
+                cache_dir=None if self.feature_cache is True else self.feature_cache,
+                batch_size=batch_size, **cached_kwargs)
+            if history is not None:
+                return history
+        return model.fit(x, y, validation_data=validation_data, **kwargs)
 
 
 def full_batches(ds, batch_size: int, image_rank: int = 3):

@@ -311,6 +311,12 @@ class SearchOptions:
         None, parse=positive_int, minimum=1, identity=True, metavar="PATIENCE",
         help="end a trial after PATIENCE epochs without a better objective (default: every "
              "trial trains all its epochs)")
+    no_feature_cache: bool = option(
+        False,
+        help="run every image through a trial's frozen stages in every epoch, instead of "
+             "computing their output once and keeping it on disk beside the image cache "
+             "($RESNET_TUNER_CACHE) for the trials of the same backbone, weights and frozen "
+             "stages (used only by trials without augmentation)")
     time_budget: float | str | None = option(
         None, parse=duration, check=parse_duration, tuner_kwarg="time_budget",
         to_tuner=lambda value: None if value is None else parse_duration(value),

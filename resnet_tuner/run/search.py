@@ -33,7 +33,8 @@ def open_tuner(options: SearchOptions, run_dir: Path, space, data, verbose: int 
                                   num_classes=data.num_classes, class_weight=options.class_weight,
                                   objective=kt_objective(options.objective),
                                   early_stopping=options.early_stopping,
-                                  precision=options.precision)
+                                  precision=options.precision,
+                                  feature_cache=not options.no_feature_cache)
     return make_tuner(options, hypermodel, run_dir, verbose=verbose)
 
 
