@@ -269,7 +269,7 @@ class ResNetHyperModel(kt.HyperModel):
             from resnet_tuner.model.features import cached_fit
 
             raw_x, raw_y, raw_validation, batch_size = given
-            cached_kwargs = {k: v for k, v in kwargs.items() if k not in ("batch_size", "shuffle")}
+            cached_kwargs = {k: v for k, v in kwargs.items() if k != "batch_size"}
             history = cached_fit(
                 model, phase.frozen_stages, raw_x, raw_y, raw_validation,
                 cache_dir=None if self.feature_cache is True else self.feature_cache,

@@ -348,6 +348,34 @@ def test_cached_fit_returns_none_where_the_cache_does_not_apply(cache, prefix_ca
         cached_fit(tiny(), 2, x, y, **fit)
 
 
+
+def test_a_cache_that_does_not_fit_or_cannot_be_written_leaves_the_trial_uncached(
+        cache, prefix_calls, monkeypatch):
+    """Half the free disk at most; a full or read-only disk is a warning, not a failed trial.
+    A model of a tf.distribute strategy (--devices) trains on the images too."""
+    import collections
+    import types
+
+    x, y = separable_images(n=8)
+    model = compiled(tiny())
+    fit = dict(cache_dir=cache, batch_size=4, epochs=1, verbose=0)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(features.shutil, "disk_usage", lambda path: usage(10**6, 10**6, 1000))
+    with pytest.warns(UserWarning, match="GiB free"):
+        assert cached_fit(model, 2, x, y, **fit) is None
+    monkeypatch.undo()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(features, "_write", full_disk)
+    with pytest.warns(UserWarning, match="No space left"):
+        assert cached_fit(model, 2, x, y, **fit) is None
+    monkeypatch.setattr(model, "_distribute_strategy", types.SimpleNamespace(), raising=False)
+    assert cached_fit(model, 2, x, y, **fit) is None
+    assert prefix_calls == [] and int(model.optimizer.iterations) == 0
+
+
 # --------------------------------------------------------------------------- in a search
 
 

@@ -33,6 +33,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -529,10 +530,11 @@ def cached_fit(model: keras.Model, frozen_stages: int, x: Any, y: Any = None,
         model: a compiled model (e.g. of `build_resnet`) with stages
             1..`frozen_stages` frozen and no augmentation.
         frozen_stages: `ResNetConfig.freeze_stages`.
-        x: uint8 images (numpy, with labels `y`), or an `ImageFolder`-like
-            object (its `train` split; validated on its `val` split unless
-            `validation_data` is given; `labels(split)` must be in the order
-            of `dataset(split, shuffle=False)`, as `ImageData`'s are).
+        x: uint8 images (numpy, with labels `y`), or an `ImageData`
+            (`ImageFolder`, `datasets.*`: its `train` split; validated on its
+            `val` split unless `validation_data` is given). Another object with
+            a `dataset()` is not cached: nothing says its `labels(split)` are in
+            its images' order.
         y: integer labels of `x` when `x` is an array.
         validation_data: None or `(images, labels)` numpy arrays.
         cache_dir: where feature caches live (default `store.default_cache_dir()`).
@@ -545,25 +547,30 @@ def cached_fit(model: keras.Model, frozen_stages: int, x: Any, y: Any = None,
     Returns:
         The History of the fit, or None when caching does not apply (no frozen
         stage, a prefix that changes in training (`NotCacheableError`), data
-        other than numpy arrays or an `ImageFolder`-like object, or
-        `sample_weight` / `validation_split`): train `model` as usual then.
+        other than numpy arrays or an `ImageData`, `sample_weight` /
+        `validation_split`, a model made in a `tf.distribute` strategy's scope),
+        or when the cache does not fit in half the free disk or cannot be
+        written (a warning says so): train `model` as usual then.
     """
     import tensorflow as tf
 
-    from resnet_tuner.hypermodel import _is_image_data, shuffled_full_batches
+    from resnet_tuner.data.images import ImageData
+    from resnet_tuner.hypermodel import shuffled_full_batches
 
     if not frozen_stages or any(k in fit_kwargs for k in _UNSUPPORTED_FIT_ARGS):
         return None
+    if getattr(model, "_distribute_strategy", None) is not None:
+        return None  # a model of a tf.distribute strategy (--devices): the suffix would not be
     if isinstance(x, np.ndarray) and y is not None:
         train, labels = _array_images(x), np.asarray(y)
         if len(labels) != len(x):
             raise ValueError(f"x and y hold different numbers of samples: {len(x)} and "
                              f"{len(labels)}")
-    elif _is_image_data(x):
+    elif isinstance(x, ImageData):  # its labels(split) are in its dataset(split)'s order
         train, labels = _split_images(x, "train"), np.asarray(x.labels("train"))
     else:
         return None
-    if validation_data is None and _is_image_data(x) and len(x.labels("val")):
+    if validation_data is None and isinstance(x, ImageData) and len(x.labels("val")):
         val = (_split_images(x, "val"), np.asarray(x.labels("val")))
     elif validation_data is None:
         val = None
@@ -597,8 +604,23 @@ def cached_fit(model: keras.Model, frozen_stages: int, x: Any, y: Any = None,
                                   drop_remainder=training and len(features) >= size)
         return ds if features.dtype.name == cut else ds.map(lambda f, t: (tf.cast(f, cut), t))
 
-    train_ds = batches(train, labels, batch_size, training=True)
-    val_ds = None if val is None else batches(*val, val_batch, training=False)
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    rows = train.count + (0 if val is None else val[0].count)
+    needed = 2 * rows * int(np.prod(prefix.outputs[0].shape[1:]))  # float16 bytes
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if needed > free // 2:
+        warnings.warn(f"not caching the frozen stages' output of {model.name}: it needs "
+                      f"{needed / 2**30:.1f} GiB and {existing} has {free / 2**30:.1f} GiB free; "
+                      "the trial trains on the images", stacklevel=2)
+        return None
+    try:
+        train_ds = batches(train, labels, batch_size, training=True)
+        val_ds = None if val is None else batches(*val, val_batch, training=False)
+    except OSError as err:  # a full disk, a read-only cache folder: train as if uncached
+        warnings.warn(f"not caching the frozen stages' output of {model.name} in {folder}: "
+                      f"{err}; the trial trains on the images", stacklevel=2)
+        return None
     if not model.optimizer.built:  # as model.fit would: slots for all its trainable weights
         model.optimizer.build(model.trainable_variables)
     callbacks = [_OnFullModel(fit_kwargs.pop("callbacks", None), model)]
