@@ -39,7 +39,7 @@ their 30,000 train images; test: all their 5,000 official test images), each
 system a `RandomSearch` under the same `--budget`:
 
 * `scratch`: the `quick` space;
-* `one_phase`: the bundle as backbone, `freeze_stages` 0-5 searched,
+* `one_phase`: the bundle as backbone, `freeze_stages` 0-4 (all) searched,
   `head_epochs = 0` (one phase);
 * `two_phase`: the same, plus `head_epochs` and `finetune_lr_scale` searched
   (phase 1 trains the head on the frozen backbone, phase 2 unfreezes down to
@@ -255,13 +255,14 @@ def one_pretrain(work: Path, epochs: int) -> dict:
 
 def _transfer_space(bundle: Path, two_phase: bool, epochs: int) -> dict:
     train = {"optimizer": "adam", "learning_rate": {"min": 1e-4, "max": 3e-3, "sampling": "log"},
-             "batch_size": 32, "epochs": epochs}
+             "batch_size": 16, "epochs": epochs}
     if two_phase:
-        train |= {"head_epochs": [3, 5, 10],
+        heads = sorted({max(1, epochs // 6), max(1, epochs // 4), max(1, epochs // 2)})
+        train |= {"head_epochs": heads,  # 20 epochs: 3, 5 or 10 of them on the head alone
                   "finetune_lr_scale": {"min": 0.03, "max": 1.0, "sampling": "log"}}
     return {"model": {"backbone": str(bundle), "head_hidden": [0, 128],
                       "dropout": [0.0, 0.3]},
-            "transfer": {"freeze_stages": {"min": 0, "max": 5}},
+            "transfer": {"freeze_stages": {"min": 0, "max": 4}},  # stem + 3 stages
             "augment": {"flip": "horizontal", "shift": [0.0, 0.1]},
             "train": train}
 

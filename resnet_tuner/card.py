@@ -321,7 +321,8 @@ def model_card(*, name: str, params: int, data, config: dict[str, Any],
     height, width = config["image_size"]
     training_lines = "\n".join(line for line in (
         epochs_line(trial, train_config),
-        fine_tuning_line(config["model"], train_config, (trial or {}).get("epochs")),
+        fine_tuning_line(config["model"], train_config,
+                         (trial or {}).get("weights_epochs") or (trial or {}).get("epochs")),
         precision_line(config, trial)) if line)
     resized = (f"resize mode `{config['resize']}`" if config["resize"]
                else "as given (arrays, not resized by resnet_tuner)")

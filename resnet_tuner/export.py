@@ -123,6 +123,9 @@ def export_best(tuner, directory: str | os.PathLike, data=None, *, test=None,
             "objective": tuner.oracle.objective.name, "refit": refit,
             "epochs": epochs, "epochs_source": source,
             **_training_record(tuner, trial, train_cfg.batch_size, refit)}
+    best_epoch = None if refit else _best_epoch(tuner, trial)
+    if best_epoch is not None:  # keras-tuner keeps the weights of the trial's best epoch
+        info["weights_epochs"] = int(values.get("tuner/initial_epoch") or 0) + best_epoch + 1
     if not refit and values.get("tuner/initial_epoch"):
         info["initial_epoch"] = int(values["tuner/initial_epoch"])
         info["continued_from"] = values.get("tuner/trial_id")
@@ -153,6 +156,21 @@ def trained_epochs(tuner, trial, default: int) -> tuple[int, str]:
     if "tuner/epochs" in values:
         return int(values["tuner/epochs"]), "tuner/epochs"
     return int(default), "space"
+
+
+def _best_epoch(tuner, trial) -> int | None:
+    """The index (in its `history.json`) of the epoch whose weights keras-tuner kept for
+    `trial`: the best by the search's objective. None without that record."""
+    objective = tuner.oracle.objective
+    try:
+        path = Path(tuner.get_trial_dir(trial.trial_id)) / "history.json"
+        values = (json.loads(path.read_text("utf-8")).get("history") or {})[objective.name]
+    except (AttributeError, OSError, ValueError, KeyError, TypeError):
+        return None
+    if not values:
+        return None
+    pick = max if objective.direction == "max" else min
+    return values.index(pick(values))
 
 
 def _trial_history(tuner, trial) -> list | None:

@@ -460,3 +460,29 @@ def test_card_counts_the_epochs_the_weights_trained():
     assert card_module.fine_tuning_line(model, train, epochs=2).endswith(
         "phase 2 did not run (training ended within the 3 head epochs)")
     assert "phase 2, 5 epochs" in card_module.fine_tuning_line(model, train, epochs=8)
+
+
+def test_the_card_describes_the_epoch_whose_weights_were_kept(tmp_path):
+    """Without refit the bundle holds keras-tuner's best epoch: one in phase 1 means the
+    card says phase 1 only, whatever ran after it."""
+    import json
+    import types
+
+    from resnet_tuner.card import fine_tuning_line
+    from resnet_tuner.export import _best_epoch
+
+    (tmp_path / "history.json").write_text(json.dumps(
+        {"history": {"val_accuracy": [0.5, 0.8, 0.7, 0.75], "val_loss": [1.0, 0.9, 0.5, 0.7]}}))
+    tuner = types.SimpleNamespace(get_trial_dir=lambda trial_id: str(tmp_path),
+                                  oracle=types.SimpleNamespace(
+                                      objective=kt.Objective("val_accuracy", "max")))
+    trial = types.SimpleNamespace(trial_id="00")
+    assert _best_epoch(tuner, trial) == 1
+    tuner.oracle.objective = kt.Objective("val_loss", "min")
+    assert _best_epoch(tuner, trial) == 2
+    tuner.get_trial_dir = lambda trial_id: str(tmp_path / "none")
+    assert _best_epoch(tuner, trial) is None
+    model = {"backbone": "resnet50", "freeze_stages": 3}
+    train = {"epochs": 4, "head_epochs": 2, "finetune_lr_scale": 0.1}
+    assert "phase 2 did not run" in fine_tuning_line(model, train, epochs=2)
+    assert "phase 2, 1 epoch" in fine_tuning_line(model, train, epochs=3)
