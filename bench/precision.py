@@ -18,7 +18,7 @@ Usage:
 
 Writes bench/results/precision.json (not committed).
 
-Measured on the project's 2-core AMD EPYC (AVX2, no AVX-512, no bf16 flags;
+Measured on one of the project's 2-core AMD EPYCs (AVX2, no AVX-512, no bf16 flags;
 TF 2.21, Keras 3.15), `--rounds 2 --epochs 3 --images 128`, shared with other
 jobs (absolute img/s low, ratios in the same command):
 
@@ -26,8 +26,9 @@ jobs (absolute img/s low, ratios in the same command):
     mixed_float16   median     8.7 img/s  0.26x float32  (LossScaleOptimizer)
     mixed_bfloat16  median     3.9 img/s  0.11x float32  (Adam)
 
-so `auto` stays float32 on such a CPU. CPUs with AMX / AVX512_BF16 were not
-measured; `auto` assumes oneDNN's native bfloat16 kernels pay off there.
+so `auto` stays float32 on such a CPU. On another (AVX-512 with AVX512_BF16)
+bench/throughput.py measured mixed_bfloat16 at 1.16-1.26x float32's img/s
+(2026-12-04, loaded machine), where `auto` picks it.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ The `auto` rule (bench/precision.py measures the CPU side):
 * no GPU, and a CPU with native bfloat16 arithmetic (`/proc/cpuinfo` flag
   `amx_bf16` or `avx512_bf16`) -> `mixed_bfloat16`;
 * otherwise `float32`. Without those flags TensorFlow emulates bfloat16 and
-  mixed_bfloat16 trains slower than float32 (on the AMD EPYC of this
-  project's CI without AVX-512: see bench/precision.py's figures).
+  mixed_bfloat16 trains slower than float32 (0.11x on a 2-core AMD EPYC
+  with AVX2 only: bench/precision.py; with AVX512_BF16, another EPYC of the
+  project's, it trained 1.16-1.26x faster: bench/throughput.py).
 
 Nothing here imports TensorFlow at module load; the CLI's parser reads the
 names only.
