@@ -24,7 +24,8 @@ OTHER = {"data_dir": "elsewhere", "out": "runs/b", "space": "mini", "tuner": "ra
          "hyperband_iterations": 2, "objective": "val_loss", "class_weight": "balanced",
          "early_stopping": 3, "tensorboard": "runs/tb", "mlflow": "file:///tmp/mlruns",
          "mlflow_experiment": "pets", "keep_checkpoints": 0, "precision": "mixed_bfloat16",
-         "devices": 2, "time_budget": 600.0, "final_training": 0.25, "median_stopping": True}
+         "devices": 2, "time_budget": 600.0, "final_training": 0.25, "median_stopping": True,
+         "no_feature_cache": True}
 VERSIONS = {"run_format": rundir.RUN_FORMAT, "resnet_tuner": "0.1.0", "keras": "3.15.0",
             "keras_tuner": "1.4.8"}
 
@@ -109,7 +110,7 @@ def test_every_setting_round_trips_through_run_json_and_the_command_line(tmp_pat
             "--tensorboard", "runs/tb", "--mlflow", "file:///tmp/mlruns",
             "--mlflow-experiment", "pets", "--keep-checkpoints", "0",
             "--precision", "mixed_bfloat16", "--devices", "2", "--time-budget", "10m",
-            "--final-training", "0.25", "--median-stopping"]
+            "--final-training", "0.25", "--median-stopping", "--no-feature-cache"]
     assert SearchOptions.from_args(parser.parse_args(argv)) == options
 
 
