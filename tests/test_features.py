@@ -273,6 +273,29 @@ def test_cached_fit_trains_like_fit(cache, shuffle, seed):
     assert got.model is cached and cached.history is got
 
 
+def test_a_trial_reading_the_cache_trains_as_the_trial_that_wrote_it(cache, prefix_calls):
+    """The second trial of a search reads the entry the first one wrote (memory-mapped,
+    float16): from the same weights and batch order it must train to the same model."""
+    x, y = separable_images(n=32)
+    xv, yv = separable_images(n=12, seed=1)
+    writer = compiled(tiny())
+    reader = compiled(twin(writer, freeze_stages=2))
+    runs = []
+    for model in (writer, reader):
+        calls = len(prefix_calls)
+        history = cached_fit(model, 2, x, y, validation_data=(xv, yv), cache_dir=cache,
+                             batch_size=4, seed=3, epochs=3, verbose=0,
+                             callbacks=schedule_callbacks(TRAIN, 3))
+        runs.append((history.history, len(prefix_calls) - calls))
+    (wrote, computed), (read, recomputed) = runs
+    assert computed > 0 and recomputed == 0
+    assert set(read) == set(wrote)
+    for name, values in wrote.items():
+        np.testing.assert_allclose(read[name], values, rtol=1e-6, err_msg=name)
+    for a, b in zip(reader.get_weights(), writer.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_the_model_saves_and_reloads_after_a_cached_fit(cache, tmp_path):
     model = compiled(tiny())
     x, y = separable_images(n=16)
