@@ -1,4 +1,5 @@
-"""Frozen stages computed once (`model.features`): the split, the feature cache, `cached_fit`.
+"""Frozen stages computed once (`model.features`, `model.feature_cache`): the split, the
+feature cache, `cached_fit`.
 
 Tiny scratch ResNets at 16 px for everything that trains; one ResNet50 and one
 ResNet50V2 (random weights, 32 px, no download) for the cut inside a nested
@@ -18,7 +19,7 @@ from keras_tuner.src.engine.tuner_utils import SaveBestEpoch  # the tuner's chec
 from resnet_tuner import ResNetConfig, build_resnet
 from resnet_tuner.config import TrainConfig
 from resnet_tuner.data.images import ImageData
-from resnet_tuner.model import features
+from resnet_tuner.model import feature_cache, features
 from resnet_tuner.model.backbones import layer_stages
 from resnet_tuner.model.features import (
     NotCacheableError,
@@ -58,13 +59,13 @@ def cache(tmp_path):
 def prefix_calls(monkeypatch):
     """Counts the batches the prefix computes."""
     calls = []
-    run = features._run_prefix
+    run = feature_cache._run_prefix
 
     def counting(prefix, batch):
         calls.append(len(batch))
         return run(prefix, batch)
 
-    monkeypatch.setattr(features, "_run_prefix", counting)
+    monkeypatch.setattr(feature_cache, "_run_prefix", counting)
     return calls
 
 
@@ -186,7 +187,7 @@ def test_other_stages_weights_images_or_size_are_other_entries(cache, prefix_cal
 
 def test_a_failure_midway_leaves_no_cache(cache, monkeypatch):
     prefix, _ = split_at_stage(tiny(), 2)
-    run = features._run_prefix
+    run = feature_cache._run_prefix
 
     def fails_second_batch(prefix, batch, calls=[]):  # noqa: B006
         calls.append(1)
@@ -194,7 +195,7 @@ def test_a_failure_midway_leaves_no_cache(cache, monkeypatch):
             raise KeyboardInterrupt
         return run(prefix, batch)
 
-    monkeypatch.setattr(features, "_run_prefix", fails_second_batch)
+    monkeypatch.setattr(feature_cache, "_run_prefix", fails_second_batch)
     with pytest.raises(KeyboardInterrupt):
         cached_features(prefix, separable_images(n=40)[0], cache_dir=cache)
     assert entries(cache) == []  # neither an entry nor its temporary folder
@@ -204,8 +205,8 @@ def test_float16_by_default_float32_where_float16_overflows(cache, monkeypatch):
     prefix, _ = split_at_stage(tiny(), 2)
     x, _ = separable_images(n=8)
     assert cached_features(prefix, x, cache_dir=cache).dtype == np.float16
-    run = features._run_prefix
-    monkeypatch.setattr(features, "_run_prefix", lambda p, b: run(p, b) * 1e6)
+    run = feature_cache._run_prefix
+    monkeypatch.setattr(feature_cache, "_run_prefix", lambda p, b: run(p, b) * 1e6)
     stored = cached_features(prefix, x[1:], cache_dir=cache)
     assert stored.dtype == np.float32 and stored.max() > 65504
 
@@ -397,7 +398,7 @@ def test_a_cache_that_does_not_fit_or_cannot_be_written_leaves_the_trial_uncache
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(features, "_write", full_disk)
+    monkeypatch.setattr(feature_cache, "_write", full_disk)
     with pytest.warns(UserWarning, match="No space left"):
         assert cached_fit(model, 2, x, y, **fit) is None
     monkeypatch.setattr(model, "_distribute_strategy", types.SimpleNamespace(), raising=False)

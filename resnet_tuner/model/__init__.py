@@ -14,8 +14,11 @@ A model is `uint8 image -> Rescaling(1/255) -> augmentation (training only)
   preprocessing, weights file, stage names), `resolve_weights`, the user's own
   model as backbone (`user_backbone`) and the stage names (`layer_stages`).
 * `layers`: the serializable custom layers the models carry.
-* `features`: a model split at its last frozen stage (`split_at_stage`), the
-  frozen stages' output cached on disk and the rest trained on it (`cached_fit`).
+* `features`: a model split at its last frozen stage (`split_at_stage`) and
+  the rest trained on the frozen stages' cached output (`cached_fit`); the
+  one module using Keras' private API (`_nodes_by_depth`, `_distribute_strategy`).
+* `feature_cache`: that output computed once per images, layers and weights,
+  kept on disk beside the image cache (`cached_features`).
 * here: the head, stage freezing (`freeze_stages` at build time,
   `set_frozen_stages` between the phases of two-phase fine-tuning), the
   dtype-policy scope (`precision`) and `build_resnet` itself.

@@ -9,9 +9,10 @@ trial with the same frozen layers, weights and images. Then:
   functional models sharing the layers of `model`: training the suffix trains
   `model`. Nested backbones (a keras.applications ResNet, a user's model) are
   cut inside and composed back.
-* `cached_features(prefix, images)` runs the prefix once over the images and
-  keeps the result on disk beside the image cache (`store.default_cache_dir()`),
-  as `features-<key>/features.npy` (+ `meta.json`), keyed by what determines it.
+* `feature_cache.cached_features(prefix, images)` runs the prefix once over
+  the images and keeps the result on disk beside the image cache
+  (`store.default_cache_dir()`), as `features-<key>/features.npy` (+
+  `meta.json`), keyed by what determines it.
 * `cached_fit(model, k, x, y, ...)` trains the suffix on those features with
   `model`'s compile settings and its own optimizer, while the callbacks see
   `model` itself (`_OnFullModel`); it returns None where caching does not
@@ -25,17 +26,11 @@ BatchNormalization qualifies (Keras 3 runs it in inference mode).
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import os
 import shutil
-import sys
-import tempfile
-import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +39,16 @@ import numpy as np
 
 from resnet_tuner.data.store import default_cache_dir
 from resnet_tuner.model.backbones import layer_stages
+from resnet_tuner.model.feature_cache import (
+    Images,
+    array_images,
+    cached_features,
+    split_images,
+)
+from resnet_tuner.model.feature_cache import leaf_layers as _leaves
 
 __all__ = ["NotCacheableError", "cached_features", "cached_fit", "split_at_stage"]
 
-#: Bumped whenever the layout or the computation of a feature cache changes.
-FEATURES_VERSION = 1
-#: Images per prefix call; the last batch is padded to it (one input shape, one trace).
-FEATURE_BATCH = 32
-#: What float16 can hold; a feature beyond it is stored in float32 instead.
-_FLOAT16_MAX = float(np.finfo(np.float16).max)
 #: `fit` arguments that need the images themselves: `cached_fit` returns None with them.
 _UNSUPPORTED_FIT_ARGS = ("sample_weight", "validation_split")
 
@@ -62,13 +58,6 @@ class NotCacheableError(ValueError):
 
 
 # --------------------------------------------------------------------------- split
-
-
-def _leaves(layer) -> list:
-    """The non-model layers in `layer` (nested models opened), input layers left out."""
-    if isinstance(layer, keras.Model):
-        return [leaf for inner in layer.layers for leaf in _leaves(inner)]
-    return [] if isinstance(layer, keras.layers.InputLayer) else [layer]
 
 
 def _calls(graph: keras.Model) -> dict[int, tuple[list, list]]:
@@ -217,218 +206,6 @@ def split_at_stage(model: keras.Model, stages: int) -> tuple[keras.Model, keras.
     return prefix, suffix
 
 
-# --------------------------------------------------------------------------- images
-
-
-@dataclass(frozen=True)
-class _Images:
-    """Images to compute features of: how many, what they are, their batches in order."""
-
-    count: int
-    fingerprint: Callable[[], str]
-    batches: Callable[[int], Iterator[np.ndarray]]
-
-
-def _digest() -> Any:
-    return hashlib.blake2b(digest_size=16)
-
-
-def _array_images(x: np.ndarray) -> _Images:
-    def fingerprint() -> str:
-        digest = _digest()
-        digest.update(f"array {x.shape} {x.dtype.str}".encode())
-        for start in range(0, len(x), 256):  # in chunks: a memory map is not read whole
-            digest.update(memoryview(np.ascontiguousarray(x[start:start + 256])).cast("B"))
-        return digest.hexdigest()
-
-    def batches(size: int) -> Iterator[np.ndarray]:
-        for start in range(0, len(x), size):
-            yield np.asarray(x[start:start + size])
-
-    return _Images(len(x), fingerprint, batches)
-
-
-def _split_images(data: Any, split: str) -> _Images:
-    """A split of an `ImageFolder`-like object (`dataset`, `labels`, `class_names`)."""
-    from resnet_tuner.data.images import ImageData
-
-    def batches(size: int) -> Iterator[np.ndarray]:
-        for images, _ in data.dataset(split, batch_size=size, shuffle=False):
-            yield np.asarray(images)
-
-    def fingerprint() -> str:
-        digest = _digest()
-        cache = getattr(data, "_images", None) if isinstance(data, ImageData) else None
-        if isinstance(cache, (str, os.PathLike)):
-            # The decode-once cache is named by its files and decode settings
-            # (store.cache_key); the split's row numbers say which images.
-            stat = Path(cache).stat()
-            digest.update(f"cache {Path(cache).resolve()} {stat.st_size} "
-                          f"{stat.st_mtime_ns}".encode())
-            digest.update(np.asarray(data._index[split], np.int64).tobytes())
-        else:  # anything else: the images themselves, as the model receives them
-            for images in batches(256):
-                digest.update(f"{images.shape} {images.dtype.str}".encode())
-                digest.update(memoryview(np.ascontiguousarray(images)).cast("B"))
-        return digest.hexdigest()
-
-    return _Images(len(data.labels(split)), fingerprint, batches)
-
-
-def _as_images(x: Any, split: str = "train") -> _Images:
-    if isinstance(x, np.ndarray):
-        return _array_images(x)
-    from resnet_tuner.hypermodel import _is_image_data
-
-    if _is_image_data(x):
-        return _split_images(x, split)
-    raise TypeError(f"images must be a numpy array or an ImageFolder-like object. "
-                    f"Received: {type(x).__name__}")
-
-
-# --------------------------------------------------------------------------- cache
-
-
-def _model_digest(prefix: keras.Model) -> dict[str, str]:
-    """Digests of the prefix's layers (class and config, names left out) and weights.
-
-    The weights digest is the honest key for every source of weights
-    (ImageNet file, user file, a user's model, random initialisation): the
-    computation depends on the values, not on where they came from.
-    """
-    layers, weights = _digest(), _digest()
-    for leaf in _leaves(prefix):
-        config = {k: v for k, v in leaf.get_config().items() if k != "name"}
-        layers.update(f"{type(leaf).__module__}.{type(leaf).__qualname__} ".encode())
-        layers.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for variable in prefix.weights:
-        value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).reshape(-1)
-        weights.update(f"{value.shape} {value.dtype.str}".encode())
-        weights.update(memoryview(value).cast("B"))
-    return {"layers": layers.hexdigest(), "weights": weights.hexdigest()}
-
-
-def _run_prefix(prefix: keras.Model, batch: np.ndarray) -> np.ndarray:
-    """The prefix on one batch (padded to `FEATURE_BATCH`). Tests replace it to count calls."""
-    rows = len(batch)
-    if rows < FEATURE_BATCH:
-        pad = np.zeros((FEATURE_BATCH - rows, *batch.shape[1:]), batch.dtype)
-        batch = np.concatenate([batch, pad])
-    return np.asarray(prefix.predict_on_batch(batch))[:rows]
-
-
-class _Float16Overflow(Exception):
-    pass
-
-
-def _write(entry: Path, prefix: keras.Model, images: _Images, dtype: str,
-           meta: dict, verbose: bool) -> None:
-    """Writes `entry/features.npy` under a temporary name, renamed when complete."""
-    shape = (images.count, *prefix.outputs[0].shape[1:])
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
-    started = time.perf_counter()
-    try:
-        header = np.lib.format.open_memmap(tmp / "features.npy", "w+", np.dtype(dtype), shape)
-        offset, row_bytes = header.offset, int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
-        del header  # a sparse file of the right size; rows are written below
-        fd = os.open(tmp / "features.npy", os.O_WRONLY)
-        row = 0
-        try:
-            for batch in images.batches(FEATURE_BATCH):
-                out = _run_prefix(prefix, batch)
-                if dtype == "float16" and np.abs(out).max(initial=0) > _FLOAT16_MAX:
-                    raise _Float16Overflow
-                data = memoryview(np.ascontiguousarray(out, dtype=dtype)).cast("B")
-                if os.pwrite(fd, data, offset + row * row_bytes) != len(data):
-                    raise OSError(f"short write to {tmp / 'features.npy'}")
-                row += len(out)
-                if verbose:
-                    sys.stderr.write(f"\rfeatures of {prefix.name}: {row}/{images.count} images")
-        finally:
-            os.close(fd)
-            if verbose:
-                sys.stderr.write("\n")
-        if row != images.count:
-            raise RuntimeError(f"expected {images.count} images, the data gave {row}")
-        meta = {**meta, "seconds": round(time.perf_counter() - started, 3)}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1), "utf-8")
-        try:
-            os.replace(tmp, entry)  # atomic: readers see a complete cache or none
-        except OSError:
-            if not (entry / "meta.json").is_file():  # not a concurrent writer's copy
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def cached_features(prefix: keras.Model, images: Any, *, split: str = "train",
-                    cache_dir: str | os.PathLike | None = None, dtype: str = "float16",
-                    verbose: bool = False) -> np.ndarray:
-    """The prefix's output for every image, computed once and kept on disk.
-
-    The entry is `<cache_dir>/features-<key>/features.npy` (rows in the images'
-    order) with a `meta.json`; `key` digests the images (a numpy array's
-    bytes, shape and dtype; an `ImageData`'s decode cache file and split rows;
-    another data object's images), the prefix's layers (class and config) and
-    weights (values, whatever their source), its input and output specs, the
-    Keras version and the stored dtype. Written in batches of
-    `FEATURE_BATCH` images straight to the file (never the whole float array
-    in memory), under a temporary name renamed when complete.
-
-    Args:
-        prefix: the first model of `split_at_stage`.
-        images: uint8 images as a numpy array, or an `ImageFolder`-like object.
-        split: which split of an `ImageFolder`-like object.
-        cache_dir: defaults to `store.default_cache_dir()`.
-        dtype: `"float16"` (half the disk and reading; 11 significant bits;
-            a set with a feature beyond float16's range is stored as float32)
-            or `"float32"` (what the model computes, for exact equality). A
-            prefix computing in float16 stores float16 either way.
-        verbose: print progress while computing.
-
-    Returns:
-        A read-only memory map `(images, *prefix output shape)`.
-    """
-    if dtype not in ("float16", "float32"):
-        raise ValueError(f"dtype must be 'float16' or 'float32'. Received: dtype={dtype!r}")
-    if keras.backend.standardize_dtype(prefix.outputs[0].dtype) == "float16":
-        dtype = "float16"
-    source = images if isinstance(images, _Images) else _as_images(images, split)
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    meta = {"version": FEATURES_VERSION, "keras": keras.__version__,
-            "images": source.fingerprint(), **_model_digest(prefix),
-            "input": [list(prefix.inputs[0].shape[1:]), str(prefix.inputs[0].dtype)],
-            "output": [list(prefix.outputs[0].shape[1:]), str(prefix.outputs[0].dtype)]}
-
-    def entry(stored: str) -> Path:
-        key = hashlib.sha256(json.dumps({**meta, "stored": stored}, sort_keys=True).encode())
-        return folder / f"features-{key.hexdigest()[:24]}"
-
-    # A float32 entry answers a float16 request too (it is the more exact).
-    choices = ["float16", "float32"] if dtype == "float16" else ["float32"]
-    for stored in choices:
-        if (entry(stored) / "meta.json").is_file():
-            return _open(entry(stored), source.count, prefix)
-    for stored in choices:
-        try:
-            _write(entry(stored), prefix, source, stored,
-                   {**meta, "stored": stored, "model": prefix.name, "rows": source.count},
-                   verbose)
-            return _open(entry(stored), source.count, prefix)
-        except _Float16Overflow:
-            continue
-    raise AssertionError("unreachable: float32 does not overflow")
-
-
-def _open(entry: Path, rows: int, prefix: keras.Model) -> np.ndarray:
-    features = np.load(entry / "features.npy", mmap_mode="r")
-    if features.shape != (rows, *prefix.outputs[0].shape[1:]):
-        raise OSError(f"feature cache {entry} holds {features.shape}, expected "
-                      f"{(rows, *prefix.outputs[0].shape[1:])}; delete it to rebuild")
-    return features
-
-
 # --------------------------------------------------------------------------- fit
 
 
@@ -562,21 +339,21 @@ def cached_fit(model: keras.Model, frozen_stages: int, x: Any, y: Any = None,
     if getattr(model, "_distribute_strategy", None) is not None:
         return None  # a model of a tf.distribute strategy (--devices): the suffix would not be
     if isinstance(x, np.ndarray) and y is not None:
-        train, labels = _array_images(x), np.asarray(y)
+        train, labels = array_images(x), np.asarray(y)
         if len(labels) != len(x):
             raise ValueError(f"x and y hold different numbers of samples: {len(x)} and "
                              f"{len(labels)}")
     elif isinstance(x, ImageData):  # its labels(split) are in its dataset(split)'s order
-        train, labels = _split_images(x, "train"), np.asarray(x.labels("train"))
+        train, labels = split_images(x, "train"), np.asarray(x.labels("train"))
     else:
         return None
     if validation_data is None and isinstance(x, ImageData) and len(x.labels("val")):
-        val = (_split_images(x, "val"), np.asarray(x.labels("val")))
+        val = (split_images(x, "val"), np.asarray(x.labels("val")))
     elif validation_data is None:
         val = None
     elif (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2
           and isinstance(validation_data[0], np.ndarray)):
-        val = (_array_images(validation_data[0]), np.asarray(validation_data[1]))
+        val = (array_images(validation_data[0]), np.asarray(validation_data[1]))
     else:
         return None
     if not model.compiled:
@@ -594,7 +371,7 @@ def cached_fit(model: keras.Model, frozen_stages: int, x: Any, y: Any = None,
     verbose = fit_kwargs.get("verbose", "auto") not in (0, False)
     cut = keras.backend.standardize_dtype(suffix.inputs[0].dtype)
 
-    def batches(images: _Images, y_: np.ndarray, size: int, training: bool):
+    def batches(images: Images, y_: np.ndarray, size: int, training: bool):
         features = cached_features(prefix, images, cache_dir=cache_dir,
                                    dtype=feature_dtype, verbose=verbose)
         if training and shuffle:
