@@ -56,8 +56,9 @@ Targets: two-phase >= scratch + 10 points and >= one-phase + 2 points.
 
 Usage:
     python bench/transfer.py                       # both parts
-    python bench/transfer.py speed --images 2500 --epochs 10
-    python bench/transfer.py quality --budget 3m
+    python bench/transfer.py speed --images 2510 --epochs 10
+    python bench/transfer.py speed --systems uncached_d4 cached_d4
+    python bench/transfer.py quality --budget 10m   # ~33 min: 4-5 trials a system
 
 Needs Debian's dataset-fashion-mnist package (or Keras' cache) for `quality`.
 Writes bench/results/transfer.json (not committed); work files in a temporary
@@ -345,10 +346,12 @@ def main() -> None:
         return _one(*sys.argv[2:6])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("part", nargs="?", choices=("speed", "quality", "all"), default="all")
-    parser.add_argument("--images", type=int, default=2500,
-                        help="photos made (split 80/10/10: 2,500 gives 2,000 to train on)")
+    parser.add_argument("--images", type=int, default=2510,
+                        help="photos made (split 80/10/10 stratified: 2,510 gives 2,008 to train "
+                             "on)")
     parser.add_argument("--epochs", type=int, default=10, help="epochs of a speed trial")
-    parser.add_argument("--budget", default="3m", help="wall-clock budget of a quality system")
+    parser.add_argument("--budget", default="10m",
+                        help="wall-clock budget of a quality system (3m leaves 2 trials each)")
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--trial-epochs", type=int, default=20,
                         help="epochs of a quality trial (the budget stops what runs over)")
