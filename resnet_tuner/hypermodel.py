@@ -276,6 +276,12 @@ class ResNetHyperModel(kt.HyperModel):
                 batch_size=batch_size, **cached_kwargs)
             if history is not None:
                 return history
+        import tensorflow as tf
+
+        if isinstance(x, tf.data.Dataset):
+            # A dataset orders its own rows (ours reshuffle every epoch); fit's default
+            # shuffle=True would only make Keras warn that it ignores it.
+            kwargs["shuffle"] = False
         return model.fit(x, y, validation_data=validation_data, **kwargs)
 
 

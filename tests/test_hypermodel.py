@@ -84,6 +84,21 @@ def test_fit_takes_a_tf_data_dataset_and_rebatches_it(tiny_images):
     assert len(history.history["loss"]) == 1  # the space's epochs = 1
 
 
+@pytest.mark.parametrize("data", ["numpy", "image_folder", "tf.data"])
+def test_a_trial_trains_without_a_keras_warning(data, tiny_images, recwarn):
+    """Every way of giving data reaches `fit` as a dataset that orders its own rows; no
+    "`shuffle=True` was passed, but will be ignored" per search (Python API users saw it)."""
+    x, y = tiny_images()
+    hm = ResNetHyperModel(FIXED_SPACE, input_shape=(16, 16, 3), num_classes=3)
+    hp = kt.HyperParameters()
+    model = hm.build(hp)
+    given = {"numpy": lambda: (x, y), "image_folder": lambda: (FolderLike(x, y), None),
+             "tf.data": lambda: (tf.data.Dataset.from_tensor_slices((x, y)).batch(4), None)}
+    x_in, y_in = given[data]()
+    hm.fit(hp, model, x_in, y_in, validation_data=(x, y), verbose=0)
+    assert [str(w.message) for w in recwarn if "shuffle" in str(w.message)] == []
+
+
 def test_label_smoothing_and_top5_metric(tiny_images):
     space = {**TINY_SPACE, "train": {**TINY_SPACE["train"], "label_smoothing": 0.1}}
     hm = ResNetHyperModel(space, input_shape=(16, 16, 3), num_classes=7)

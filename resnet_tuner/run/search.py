@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -164,24 +163,22 @@ def _run_search(options: SearchOptions, verbose: int = 1, *, connect_timeout: fl
         fit_kwargs["callbacks"] = callbacks
     import grpc
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
-        try:
-            tuner.search(data, **fit_kwargs)
-        except Handover:  # this process ran its share (`stop_after`)
-            pass
-        except grpc.RpcError as err:
-            if role != "worker":
-                raise
-            detail = err.details() if hasattr(err, "details") else str(err)
-            if getattr(err, "code", lambda: None)() == grpc.StatusCode.UNAUTHENTICATED:
-                # e.g. the chief was restarted with another --token-file
-                raise distribute.ChiefRefusedError(distribute.refused_message(detail)) from None
-            raise distribute.ChiefUnreachableError(
-                f"Worker {tuner.tuner_id} lost the chief at {distribute.address()}: {detail}. "
-                "Its trial goes to another worker once the chief notices; once the chief is "
-                "back (restarted with its same command), rerun this command to rejoin."
-            ) from None
+    try:
+        tuner.search(data, **fit_kwargs)
+    except Handover:  # this process ran its share (`stop_after`)
+        pass
+    except grpc.RpcError as err:
+        if role != "worker":
+            raise
+        detail = err.details() if hasattr(err, "details") else str(err)
+        if getattr(err, "code", lambda: None)() == grpc.StatusCode.UNAUTHENTICATED:
+            # e.g. the chief was restarted with another --token-file
+            raise distribute.ChiefRefusedError(distribute.refused_message(detail)) from None
+        raise distribute.ChiefUnreachableError(
+            f"Worker {tuner.tuner_id} lost the chief at {distribute.address()}: {detail}. "
+            "Its trial goes to another worker once the chief notices; once the chief is "
+            "back (restarted with its same command), rerun this command to rejoin."
+        ) from None
     return tuner, data
 
 
