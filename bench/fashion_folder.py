@@ -39,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from resnet_tuner.data.datasets import (  # noqa: E402
+from resnet_tuner.data.fashion import (  # noqa: E402
     FASHION_MNIST_CLASSES,
     load_fashion_mnist_arrays,
 )

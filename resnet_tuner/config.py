@@ -167,7 +167,7 @@ class ResNetConfig:
             `"resnet101v2"`: ResNet101V2, ...), or the path of the user's own
             model (`is_backbone_path`): a `resnet_tuner` bundle folder or a
             `.keras` file, whose layers up to its classifier head become the
-            backbone (see `model.backbones.user_backbone`).
+            backbone (see `model.path_backbone.user_backbone`).
         freeze_stages: stages frozen from the input side, 0 (all trainable) to
             5 for the keras.applications ResNets (conv1..conv5 frozen); for a
             path, up to the stages of that model (its stem and residual

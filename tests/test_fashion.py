@@ -19,6 +19,7 @@ import pytest
 from resnet_tuner import datasets
 from resnet_tuner.data import SplitIgnoredWarning
 from resnet_tuner.data import datasets as ds
+from resnet_tuner.data import fashion as fm
 from resnet_tuner.run import rundir
 from resnet_tuner.run.options import DATASETS, SearchOptions
 
@@ -67,15 +68,15 @@ class NetworkDisabled(RuntimeError):
 @pytest.fixture(autouse=True)
 def no_sources(monkeypatch, tmp_path):
     """No env var, no Debian folder, an empty Keras cache, and no download."""
-    monkeypatch.delenv(ds.FASHION_MNIST_ENV, raising=False)
-    monkeypatch.setattr(ds, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.delenv(fm.FASHION_MNIST_ENV, raising=False)
+    monkeypatch.setattr(fm, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
     cache = tmp_path / "keras-home" / "datasets" / "fashion-mnist"
-    monkeypatch.setattr(ds, "keras_cache_dirs", lambda: [cache])
+    monkeypatch.setattr(fm, "keras_cache_dirs", lambda: [cache])
 
     def download():
         raise NetworkDisabled("the tests do not download")
 
-    monkeypatch.setattr(ds, "_keras_download", download)
+    monkeypatch.setattr(fm, "_keras_download", download)
     return cache
 
 
@@ -277,7 +278,7 @@ def test_count_mismatch_and_bad_labels_name_the_files(tmp_path):
 
 def three_ways(text: str) -> bool:
     return ("apt-get install dataset-fashion-mnist" in text and "fashion_mnist(path=" in text
-            and ds.FASHION_MNIST_ENV in text and "go online" in text
+            and fm.FASHION_MNIST_ENV in text and "go online" in text
             and "keras.datasets.fashion_mnist.load_data()" in text)
 
 
@@ -288,7 +289,7 @@ def test_nothing_found_names_the_three_ways_and_what_failed(monkeypatch, tmp_pat
         raise OSError("URL fetch failure: no network")
 
     # The real download function, with Keras' own loader failing as offline.
-    monkeypatch.setattr(ds, "_keras_download", _real_keras_download)
+    monkeypatch.setattr(fm, "_keras_download", _real_keras_download)
     monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
     with pytest.raises(FileNotFoundError) as err:
         datasets.fashion_mnist()
@@ -299,7 +300,7 @@ def test_nothing_found_names_the_three_ways_and_what_failed(monkeypatch, tmp_pat
     assert "load_data(): OSError: URL fetch failure: no network" in text
 
 
-_real_keras_download = ds._keras_download
+_real_keras_download = fm._keras_download
 
 
 def test_sources_in_order(monkeypatch, tmp_path, no_sources):
@@ -311,7 +312,7 @@ def test_sources_in_order(monkeypatch, tmp_path, no_sources):
     make_fashion(debian, gz=False, seed=2)
     assert datasets.fashion_mnist().root == str(debian)
     make_fashion(env, seed=3)
-    monkeypatch.setenv(ds.FASHION_MNIST_ENV, str(env))
+    monkeypatch.setenv(fm.FASHION_MNIST_ENV, str(env))
     assert datasets.fashion_mnist().root == str(env)
     given = tmp_path / "given"
     make_fashion(given, seed=4)
@@ -323,17 +324,17 @@ def test_sources_in_order(monkeypatch, tmp_path, no_sources):
     (given / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(FileNotFoundError, match="path= .*given: no t10k-labels-idx1-ubyte"):
         datasets.fashion_mnist(path=given)
-    monkeypatch.setenv(ds.FASHION_MNIST_ENV, str(given))
-    with pytest.raises(FileNotFoundError, match=f"\\${ds.FASHION_MNIST_ENV} .*given: no t10k"):
+    monkeypatch.setenv(fm.FASHION_MNIST_ENV, str(given))
+    with pytest.raises(FileNotFoundError, match=f"\\${fm.FASHION_MNIST_ENV} .*given: no t10k"):
         datasets.fashion_mnist()
     # Found nowhere on disk: Keras downloads (here: a stand-in for load_data()).
-    monkeypatch.delenv(ds.FASHION_MNIST_ENV)
+    monkeypatch.delenv(fm.FASHION_MNIST_ENV)
     for folder in (no_sources, debian):
         for f in folder.iterdir():
             f.unlink()
     arrays = make_fashion(tmp_path / "download", seed=5)
     downloaded = ((arrays["train"]), (arrays["t10k"]))
-    monkeypatch.setattr(ds, "_keras_download", _real_keras_download)
+    monkeypatch.setattr(fm, "_keras_download", _real_keras_download)
     monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", lambda: downloaded)
     data = datasets.fashion_mnist()
     assert data.root == "keras.datasets.fashion_mnist"
@@ -351,7 +352,7 @@ def test_dotted_and_unpacked_file_names(tmp_path):
 def test_keras_cache_dirs_follow_keras_home(monkeypatch, tmp_path):
     monkeypatch.undo()  # the real function, not the fixture's stand-in
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
-    assert ds.keras_cache_dirs()[0] == tmp_path / "kh" / "datasets" / "fashion-mnist"
+    assert fm.keras_cache_dirs()[0] == tmp_path / "kh" / "datasets" / "fashion-mnist"
 
 
 # --------------------------------------------------------------------------- by name, CLI
@@ -371,7 +372,7 @@ def test_search_options_accept_fashion_mnist(tmp_path):
 def test_load_data_reads_fashion_mnist_and_resumes_the_same_split(monkeypatch, tmp_path,
                                                                   fashion_dir):
     folder, arrays = fashion_dir
-    monkeypatch.setenv(ds.FASHION_MNIST_ENV, str(folder))
+    monkeypatch.setenv(fm.FASHION_MNIST_ENV, str(folder))
     run_dir = tmp_path / "run"
     options = SearchOptions(data_dir="fashion-mnist", out=str(run_dir), image_size=28)
     with warnings.catch_warnings():
@@ -401,7 +402,7 @@ def test_load_data_reads_fashion_mnist_and_resumes_the_same_split(monkeypatch, t
 
 def test_a_split_says_its_test_fraction_is_ignored(monkeypatch, tmp_path, fashion_dir):
     folder, _ = fashion_dir
-    monkeypatch.setenv(ds.FASHION_MNIST_ENV, str(folder))
+    monkeypatch.setenv(fm.FASHION_MNIST_ENV, str(folder))
     options = SearchOptions(data_dir="fashion-mnist", out=str(tmp_path / "run"), image_size=28,
                             split=(0.5, 0.25, 0.25))
     with pytest.warns(SplitIgnoredWarning, match="The test fraction of --split 0.5,0.25,0.25 "
@@ -425,7 +426,7 @@ def test_prepare_run_writes_the_manifest(monkeypatch, tmp_path, fashion_dir):
             return {}
 
     folder, _ = fashion_dir
-    monkeypatch.setenv(ds.FASHION_MNIST_ENV, str(folder))
+    monkeypatch.setenv(fm.FASHION_MNIST_ENV, str(folder))
     monkeypatch.setattr(search, "search_space", lambda options: Space())
     options = SearchOptions(data_dir="fashion-mnist", out=str(tmp_path / "run"), image_size=28)
     _, data = search.prepare_run(options, verbose=0, summary=False)

@@ -27,9 +27,10 @@ What lives where (data flows down this list):
 - `folder`: `ImageFolder`, an `ImageData` loaded from a folder;
   `SplitIgnoredWarning` (a `split` a pre-split folder does not use).
 - `datasets`: `digits()`, a dataset bundled with scikit-learn, and
-  `fashion_mnist()`, the real Fashion-MNIST from its idx files (`read_idx`;
-  Debian's package, a folder, Keras' cache or a Keras download), both also
-  `resnet_tuner.datasets`; `named_dataset`, what the CLI's DATA_DIR names load.
+  `named_dataset`, what the CLI's DATA_DIR names load.
+- `fashion`: `fashion_mnist()`, the real Fashion-MNIST from its idx files
+  (`read_idx`; Debian's package, a folder, Keras' cache or a Keras download).
+  Both datasets are also `resnet_tuner.datasets`.
 
 Example:
     >>> from resnet_tuner.data import ImageFolder

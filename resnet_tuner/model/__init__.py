@@ -11,8 +11,10 @@ A model is `uint8 image -> Rescaling(1/255) -> augmentation (training only)
 * `augment`: `AUGMENTATIONS`, config field -> layer + neutral value, read by
   the builder and by the export (which builds with every field neutral).
 * `backbones`: `BACKBONES`, one record per pretrained network (builder,
-  preprocessing, weights file, stage names), `resolve_weights`, the user's own
-  model as backbone (`user_backbone`) and the stage names (`layer_stages`).
+  preprocessing, weights file, stage names), `resolve_weights`, the stage
+  names of any model (`layer_stages`).
+* `path_backbone`: the user's own model (a bundle or `.keras` file) as
+  backbone (`user_backbone`), cut before its head (`feature_extractor`).
 * `layers`: the serializable custom layers the models carry.
 * `features`: a model split at its last frozen stage (`split_at_stage`) and
   the rest trained on the frozen stages' cached output (`cached_fit`); the
@@ -40,9 +42,9 @@ from resnet_tuner.model.backbones import (
     backbone_label,
     layer_stages,
     pretrained_backbone,
-    user_backbone,
 )
 from resnet_tuner.model.blocks import residual_backbone
+from resnet_tuner.model.path_backbone import user_backbone
 
 __all__ = ["backbone_of", "build_resnet", "classifier_head", "describe", "dtype_policy",
            "freeze_stages", "precision_of", "set_frozen_stages", "stage_of"]

@@ -65,7 +65,7 @@ def _calls(graph: keras.Model) -> dict[int, tuple[list, list]]:
 
     Not `layer.input` / `layer.output`: those are a layer's first call, and a
     layer belongs to several graphs (a model made from intermediate tensors,
-    such as `backbones.feature_extractor`'s, calls copies of its nodes; a
+    such as `path_backbone.feature_extractor`'s, calls copies of its nodes; a
     nested model's `.output` is the tensor inside it). Keras keeps a graph's
     own nodes only in `Function._nodes_by_depth` (private; Keras 3.x): this is
     the one use, covered by tests/test_features.py's split tests.
