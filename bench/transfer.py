@@ -347,7 +347,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("part", nargs="?", choices=("speed", "quality", "all"), default="all")
     parser.add_argument("--images", type=int, default=2510,
-                        help="photos made (split 80/10/10 stratified: 2,510 gives 2,008 to train "
+                        help="photos made (split 80/10/10 stratified: 2,510 gives 2,007 to train "
                              "on)")
     parser.add_argument("--epochs", type=int, default=10, help="epochs of a speed trial")
     parser.add_argument("--budget", default="10m",
