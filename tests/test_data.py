@@ -251,8 +251,11 @@ def test_error_messages_name_path_class_and_numbers(tmp_path, cache, setup, kwar
         ImageFolder(root, cache_dir=cache, verbose=0, **{"image_size": 16, **kwargs})
 
 
-def test_manifest_round_trip(tmp_path, cache, make_folder):
+def test_manifest_round_trip(tmp_path, cache, make_folder, write_image):
     root = make_folder(tmp_path / "pets", per_class=10)
+    # Nested folders, and names that sort differently as paths and level by level.
+    for name in ("a/x.jpg", "a-b.jpg", "a/b/y.jpg", "Z.jpg"):
+        write_image(root / "cat" / name)
     data = ImageFolder(root, image_size=(16, 12), seed=3, cache_dir=cache, verbose=0)
     path = data.write_manifest(tmp_path / "run" / "manifest.json")
     manifest = json.loads(path.read_text())
@@ -263,6 +266,9 @@ def test_manifest_round_trip(tmp_path, cache, make_folder):
         np.testing.assert_array_equal(again.arrays(split)[0], data.arrays(split)[0])
         np.testing.assert_array_equal(again.labels(split), data.labels(split))
     assert again.manifest()["files"] == manifest["files"]
+    # The same decode cache: a run reloaded from its manifest (resume, export) decodes nothing.
+    assert again._images == data._images
+    assert len(list(cache.glob("images-*"))) == 1
     # A file the manifest needs has gone: say which.
     os.remove(root / data.split_files("test")[0])
     with pytest.raises(FileNotFoundError, match="The manifest lists .* \\(test split\\)"):
@@ -379,6 +385,11 @@ def test_presplit_without_val_splits_val_off_train_stratified(tmp_path, cache, w
     # val is 0.1 / (0.8 + 0.1) of each class's train images, within one image.
     assert all(abs(n - 10 / 9) <= 1 and n >= 1 for n in data.counts["val"].values())
     assert data.counts["train"]["car"] + data.counts["val"]["car"] == 10
+    # Reloaded from its manifest (val files under train/): the same splits, the same cache.
+    again = ImageFolder.from_manifest(data.write_manifest(tmp_path / "manifest.json"),
+                                      cache_dir=cache, verbose=0)
+    assert all(again.split_files(s) == data.split_files(s) for s in ("train", "val", "test"))
+    assert again._images == data._images and len(list(cache.glob("images-*"))) == 1
 
 
 def test_large_jpeg_is_decoded_reduced_like_a_full_decode(tmp_path):

@@ -136,7 +136,29 @@ def plan_from_manifest(root: Path, manifest: str | os.PathLike | dict) -> dict[s
                 )
             files.append((str(path), stat.st_size, stat.st_mtime_ns, lookup[name], s))
     split = manifest.get("split")
-    return {"class_names": class_names, "files": files, "split": split,
+    return {"class_names": class_names, "files": _in_scan_order(root, files), "split": split,
             "class_dirs": {n: [root] for n in class_names},
             # A run without a test split (test fraction 0) lists no test files.
             "split_dirs": {s: root for s in SPLITS if s != "test" or manifest["files"][s]}}
+
+
+def _in_scan_order(root: Path, files: list[Candidate]) -> list[Candidate]:
+    """A manifest's files in the order `plan_from_folder` lists them.
+
+    The decode-once cache is keyed by its files in order (rows are stored in
+    it), so a run reloaded from its manifest (a resume, the export) finds the
+    first load's cache instead of decoding the folder again. `plan_from_folder`
+    lists files by split folder (a pre-split folder), then class, then name at
+    each level; a manifest lists them split by split, each split in that same
+    order, so the splits' own orders do not change.
+    """
+    presplit = presplit_folders(root) if root.is_dir() else None
+    rank = {folder.name: i for i, folder in enumerate(presplit.values())} if presplit else None
+
+    def key(candidate: Candidate):
+        parts = Path(os.path.relpath(candidate[0], root)).parts
+        if rank is not None:  # <split folder>/<class>/...
+            return (rank.get(parts[0], len(rank)), candidate[3], parts[2:])
+        return (0, candidate[3], parts[1:])  # <class>/...
+
+    return sorted(files, key=key)
