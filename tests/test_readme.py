@@ -56,4 +56,11 @@ def test_quick_start_matches_the_cli_on_digits(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     cli_acc = json.loads((tmp_path / "cli" / "best" / "metrics.json").read_text())["accuracy"]
     print(f"README quick start test accuracy {python_acc:.4f}, CLI {cli_acc:.4f}")
-    assert python_acc >= cli_acc - 0.01
+    # Both reach what this search reaches on digits at 32 px ...
+    assert python_acc >= 0.95 and cli_acc >= 0.95
+    # ... and the Python path is not behind the CLI by more than run-to-run noise:
+    # the test split is 180 images and CPU training is not bit-for-bit repeatable
+    # between processes; measured on 2 cores, each path lands anywhere in
+    # 97.8-100 % (176-180 images) from run to run, so 0.01 (under 2 images) failed
+    # CI once (97.78 vs 98.89). 0.03 is about 5 images.
+    assert python_acc >= cli_acc - 0.03
