@@ -45,11 +45,12 @@ system a `RandomSearch` under the same `--budget`:
   (phase 1 trains the head on the frozen backbone, phase 2 unfreezes down to
   `freeze_stages` at the scaled learning rate).
 
-Each transfer system first tries one configuration of published practice
-(`[[initial]]`: everything unfrozen, Adam 1e-3; two-phase as fastai's
-`fine_tune`: the head at 2e-3 for a sixth of the epochs, then all at half
-that rate), then random ones; the budget's final training trains the best
-again.
+Both transfer systems also search `frozen_batchnorm` (every BatchNorm of
+the backbone kept as pretrained). Each first tries one configuration of
+published practice (`[[initial]]`: everything unfrozen, Adam 1e-3; two-phase
+as fastai's `fine_tune`: the head at 2e-3 for a sixth of the epochs, then all
+at half that rate), then the same with `frozen_batchnorm`, then random ones;
+the budget's final training trains the best again.
 
 Test accuracy of each system's best model (its bundle's `metrics.json`).
 Targets: two-phase >= scratch + 10 points and >= one-phase + 2 points.
@@ -274,10 +275,13 @@ def _transfer_space(bundle: Path, two_phase: bool, epochs: int) -> dict:
              "shift": 0.0}
     if two_phase:  # fastai's fine_tune: the head alone first, then all at half its rate
         first |= {"learning_rate": 2e-3, "head_epochs": heads[0], "finetune_lr_scale": 0.5}
+    # The same again with the backbone's BatchNorm kept as pretrained (the Keras guide's
+    # training=False): 100 images make noisy batch statistics. Both systems try both.
     return {"model": {"backbone": str(bundle), "head_hidden": [0, 128],
                       "dropout": [0.0, 0.3]},
-            "initial": [first],
-            "transfer": {"freeze_stages": {"min": 0, "max": 4}},  # stem + 3 stages
+            "initial": [first, first | {"frozen_batchnorm": True}],
+            "transfer": {"freeze_stages": {"min": 0, "max": 4},  # stem + 3 stages
+                         "frozen_batchnorm": [False, True]},
             "augment": {"flip": "horizontal", "shift": [0.0, 0.1]},
             "train": train}
 

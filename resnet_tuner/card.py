@@ -167,19 +167,21 @@ def fine_tuning_line(model: dict[str, Any], train: dict[str, Any] | None,
         return f"{subject} frozen, {rest} trained"
 
     nothing_to_unfreeze = bool(total) and frozen >= total
+    batchnorm = (f"; every BatchNorm layer of {name} frozen (inference mode) throughout"
+                 if model.get("frozen_batchnorm") and not nothing_to_unfreeze else "")
     if not head or nothing_to_unfreeze:
         text = f"- Fine-tuning: one phase, {_epochs(epochs)}: "
         text += whole() if nothing_to_unfreeze else partial(named=True)
         if head:
             text += (f" (head_epochs = {head} had no effect: freeze_stages = {frozen} leaves "
                      "no stage to unfreeze)")
-        return text
+        return text + batchnorm
     text = f"- Fine-tuning: phase 1, {_epochs(min(head, epochs))}: {whole()}; "
     if epochs <= head:
         return text + f"phase 2 did not run (training ended within the {head} head epochs)"
     scale = float(train.get("finetune_lr_scale", 1.0))
     return (text + f"phase 2, {_epochs(epochs - head)}: {partial(named=False)} at "
-            f"{scale:g}x the learning rate")
+            f"{scale:g}x the learning rate" + batchnorm)
 
 
 def precision_line(config: dict[str, Any], trial: dict[str, Any] | None) -> str:

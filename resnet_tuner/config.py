@@ -174,6 +174,12 @@ class ResNetConfig:
             stages). Frozen BatchNorm layers run in inference mode. With
             two-phase fine-tuning (`TrainConfig.head_epochs`), the depth of
             phase 2; phase 1 freezes the whole backbone.
+        frozen_batchnorm: with a pretrained or path backbone, every
+            BatchNormalization layer of it frozen (inference mode, its
+            statistics and scale/offset kept) in every phase, also in the
+            stages that train; False (the default): those of the trained
+            stages update on the batches. Small datasets give noisy batch
+            statistics; the Keras transfer-learning guide keeps them frozen.
         weights: for a pretrained network of `PRETRAINED_STAGES`:
             `"imagenet"`, a path to a weights file, or `None` for random
             initialisation. A path backbone brings its own weights and ignores it.
@@ -204,6 +210,7 @@ class ResNetConfig:
     binary_head: bool = False
     backbone: str = "scratch"
     freeze_stages: int = 0
+    frozen_batchnorm: bool = False
     weights: str | None = "imagenet"
     flip: str = "none"
     gamma: tuple[float, float] | None = None
@@ -234,9 +241,14 @@ class ResNetConfig:
                 f"stage_widths={self.stage_widths}"
             )
         _check_bounds(self)
-        for name in ("preactivation", "conv_bias", "binary_head"):
+        for name in ("preactivation", "conv_bias", "binary_head", "frozen_batchnorm"):
             if not isinstance(getattr(self, name), bool):
                 raise _fail(name, getattr(self, name), "True or False")
+        if self.frozen_batchnorm and self.backbone == "scratch":
+            raise ValueError(
+                "frozen_batchnorm=True keeps the statistics of a pretrained or path backbone; "
+                "a model built from scratch has none to keep (its BatchNorm layers would stay "
+                "at their initial values). Use frozen_batchnorm=False or a pretrained backbone.")
         if self.gamma is not None:
             g = self.gamma
             if (

@@ -285,7 +285,8 @@ def refit_model(model_cfg: ResNetConfig, train_cfg: TrainConfig, data, epochs: i
                     images // batch if full else 1)))
     stages = None if model_cfg.backbone == "scratch" else backbone_stages(model_cfg.backbone)
     fit_in_phases(  # two-phase fine-tuning refits in its two phases, as its trial trained
-        model, train_cfg, plan_phases(train_cfg, epochs, 0, model_cfg.freeze_stages, stages),
+        model, train_cfg, plan_phases(train_cfg, epochs, 0, model_cfg.freeze_stages, stages,
+                                       model_cfg.frozen_batchnorm),
         lambda model, phase, **kwargs: model.fit(combined.prefetch(tf.data.AUTOTUNE),
                                                  shuffle=False, **kwargs),
         num_classes=data.num_classes, built_frozen=model_cfg.freeze_stages, verbose=verbose)

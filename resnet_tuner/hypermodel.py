@@ -228,7 +228,7 @@ class ResNetHyperModel(kt.HyperModel):
         ends_at = deadline.at if deadline is not None and FINAL_EPOCHS in hp.values else None
         stages = None if model_cfg.backbone == "scratch" else backbone_stages(model_cfg.backbone)
         phases = plan_phases(train, kwargs.pop("epochs"), kwargs.pop("initial_epoch", None) or 0,
-                             model_cfg.freeze_stages, stages)
+                             model_cfg.freeze_stages, stages, model_cfg.frozen_batchnorm)
         last = [FailOnNaN()]
         if self.early_stopping:
             last.append(keras.callbacks.EarlyStopping(

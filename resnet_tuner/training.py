@@ -298,10 +298,12 @@ class Phase:
     curve_start: int = 0
     curve_epochs: int = 1
     head_only: bool = False
+    frozen_batchnorm: bool = False
 
 
 def plan_phases(train: TrainConfig, epochs: int, initial_epoch: int = 0,
-                freeze_stages: int = 0, backbone_stages: int | None = None) -> list[Phase]:
+                freeze_stages: int = 0, backbone_stages: int | None = None,
+                frozen_batchnorm: bool = False) -> list[Phase]:
     """The phases of a trial that trains epochs `initial_epoch..epochs-1`.
 
     With `train.head_epochs` = 0, one phase as ever: stages 1..`freeze_stages`
@@ -328,6 +330,8 @@ def plan_phases(train: TrainConfig, epochs: int, initial_epoch: int = 0,
         freeze_stages: `ResNetConfig.freeze_stages`.
         backbone_stages: the stages of the pretrained or path backbone
             (`model.backbones.backbone_stages`); None for a scratch model.
+        frozen_batchnorm: `ResNetConfig.frozen_batchnorm`: phase 2 keeps every
+            BatchNormalization layer of the backbone frozen.
 
     Raises:
         ValueError: `head_epochs` > 0 for a scratch model (no backbone to freeze).
@@ -339,7 +343,8 @@ def plan_phases(train: TrainConfig, epochs: int, initial_epoch: int = 0,
             "phase 1 trains the head on the frozen backbone, and a model built from scratch "
             "has none. Use head_epochs=0.")
     if not head or 0 < backbone_stages <= freeze_stages:
-        return [Phase(initial_epoch, epochs, freeze_stages, curve_epochs=epochs)]
+        return [Phase(initial_epoch, epochs, freeze_stages, curve_epochs=epochs,
+                      frozen_batchnorm=frozen_batchnorm)]
     phases = []
     if initial_epoch < head:
         end = min(head, epochs)
@@ -349,7 +354,7 @@ def plan_phases(train: TrainConfig, epochs: int, initial_epoch: int = 0,
         start = max(head, initial_epoch)
         phases.append(Phase(start, max(start, epochs), freeze_stages,
                             lr_scale=train.finetune_lr_scale, curve_start=head,
-                            curve_epochs=epochs - head))
+                            curve_epochs=epochs - head, frozen_batchnorm=frozen_batchnorm))
     return phases
 
 
@@ -362,7 +367,8 @@ def enter_phase(model: keras.Model, phase: Phase, train: TrainConfig, num_classe
     the model's distribution strategy (keras-tuner builds a trial's model in
     it, and the optimizer's variables must be made there too).
     """
-    set_frozen_stages(model, None if phase.head_only else phase.frozen_stages)
+    set_frozen_stages(model, None if phase.head_only else phase.frozen_stages,
+                      phase.frozen_batchnorm)
     strategy = getattr(model, "distribute_strategy", None)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         return compile_model(model, train, num_classes, extra_metrics, lr_scale=phase.lr_scale)

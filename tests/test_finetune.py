@@ -44,9 +44,9 @@ def backbone_file(tmp_path_factory):
     return str(path)
 
 
-def space(backbone, freeze_stages=1, **train):
+def space(backbone, freeze_stages=1, frozen_batchnorm=False, **train):
     return {"model": {"backbone": backbone},
-            "transfer": {"freeze_stages": freeze_stages},
+            "transfer": {"freeze_stages": freeze_stages, "frozen_batchnorm": frozen_batchnorm},
             "train": {"batch_size": 8, "learning_rate": LEARNING_RATE, "epochs": 4,
                       "head_epochs": 2, "finetune_lr_scale": 0.1, **train}}
 
@@ -143,6 +143,48 @@ def test_frozen_batchnorm_keeps_its_moving_statistics(two_phase):
         np.testing.assert_array_equal(phase2[key], mean, err_msg=str(key))
         frozen = key[0] == 1
         assert np.array_equal(end[key], mean) is frozen, key  # phase 2: stage 1's only
+
+
+def trained_batchnorm(model):
+    """The BatchNormalization layers whose scale/offset train now."""
+    trainable = {id(w) for w in model.trainable_weights}
+    return {layer.name for layer, _ in layer_stages(model)
+            if isinstance(layer, keras.layers.BatchNormalization)
+            and any(id(w) in trainable for w in layer.weights)}
+
+
+@pytest.mark.parametrize("head_epochs", [2, 0], ids=["two phases", "one phase"])
+def test_frozen_batchnorm_keeps_every_backbone_batchnorm_while_its_stages_train(
+        backbone_file, head_epochs):
+    """`frozen_batchnorm`: stages 2-3 train (their convolutions), their BN stays as loaded."""
+    keras.utils.set_random_seed(0)
+    recorder = Recorder()
+    hm, _, model, _ = fit(backbone_file, [recorder], frozen_batchnorm=True,
+                          head_epochs=head_epochs)
+    assert hm.phases[-1].frozen_batchnorm and hm.phases[-1].frozen_stages == 1
+    last = max(recorder.stages)
+    assert recorder.stages[last] == {None, 2, 3}  # the convolutions of stages 2-3 train
+    assert trained_batchnorm(model) == set()
+    start, end = recorder.means[0], moving_means(model)
+    assert {stage for stage, _ in start} == {1, 2, 3}
+    for key, mean in start.items():
+        np.testing.assert_array_equal(end[key], mean, err_msg=str(key))
+    # The same trial without it: stages 2-3's BN learn (what the test above tells apart).
+    keras.utils.set_random_seed(0)
+    _, _, model, _ = fit(backbone_file, head_epochs=head_epochs)
+    assert {key[0] for key, mean in moving_means(model).items()
+            if not np.array_equal(start[key], mean)} == {2, 3}
+    assert trained_batchnorm(model)
+
+
+def test_frozen_batchnorm_needs_a_backbone():
+    with pytest.raises(ValueError, match="frozen_batchnorm=True keeps the statistics of a "
+                                         "pretrained or path backbone"):
+        ResNetConfig(frozen_batchnorm=True)
+    with pytest.raises(ValueError, match="frozen_batchnorm must be True or False"):
+        ResNetConfig(backbone="resnet50", frozen_batchnorm="yes")
+    with pytest.raises(SpaceError, match=r"\[transfer\] fields \['frozen_batchnorm'\] only apply"):
+        load_space({"model": {"stem": "cifar"}, "transfer": {"frozen_batchnorm": [False, True]}})
 
 
 def test_phase_two_runs_at_the_scaled_learning_rate_on_its_own_curve(two_phase):
@@ -448,6 +490,13 @@ def test_a_phase_one_as_long_as_the_training_is_refused(backbone_file):
      "- Fine-tuning: phase 1, 2 epochs: ResNet50 frozen (stages 1-5), head trained; phase 2 "
      "did not run (training ended within the 3 head epochs)"),
     ({"backbone": "scratch", "freeze_stages": 0}, {"epochs": 10}, ""),
+    ({"backbone": "resnet50", "freeze_stages": 0, "frozen_batchnorm": True},
+     {"epochs": 10, "head_epochs": 3, "finetune_lr_scale": 0.5},
+     "- Fine-tuning: phase 1, 3 epochs: ResNet50 frozen (stages 1-5), head trained; phase 2, "
+     "7 epochs: nothing frozen, backbone and head trained at 0.5x the learning rate; every "
+     "BatchNorm layer of ResNet50 frozen (inference mode) throughout"),
+    ({"backbone": "resnet50", "freeze_stages": 5, "frozen_batchnorm": True}, {"epochs": 10},
+     "- Fine-tuning: one phase, 10 epochs: ResNet50 frozen (stages 1-5), head trained"),
 ])
 def test_card_fine_tuning_line(model, train, line):
     assert card_module.fine_tuning_line(model, train) == line

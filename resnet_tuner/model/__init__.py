@@ -89,14 +89,19 @@ def stage_of(layer_name: str, backbone: str | None = None) -> int | None:
     return None
 
 
-def freeze_stages(model: keras.Model, stages: int) -> list[str]:
+def freeze_stages(model: keras.Model, stages: int, batchnorm: bool = False) -> list[str]:
     """Freezes every layer of stages 1..`stages` (nested models included).
 
     Stages come from `backbones.layer_stages`: a nested pretrained network by
     its record's prefixes, a user backbone and this builder's layers by their
     `stem_` / `stage<s>_` names. Frozen BatchNormalization layers run in
     inference mode (Keras 3 semantics of `trainable=False`), so fine-tuning
-    does not disturb pretrained statistics.
+    does not disturb pretrained statistics. `batchnorm=True`
+    (`ResNetConfig.frozen_batchnorm`) freezes every BatchNormalization layer of
+    the nested backbone too, also in the stages that train: their statistics
+    and scale/offset stay the pretrained ones (the Keras transfer-learning
+    guide calls its backbone with `training=False`; detection models use
+    torchvision's `FrozenBatchNorm2d`).
 
     Returns:
         The names of the frozen layers.
@@ -106,6 +111,12 @@ def freeze_stages(model: keras.Model, stages: int) -> list[str]:
         if stage is not None and stage <= stages:
             layer.trainable = False
             frozen.append(layer.name)
+    backbone = backbone_of(model) if batchnorm else None
+    if backbone is not None:
+        for layer, stage in layer_stages(backbone):
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
+                layer.trainable = False
+                frozen.append(layer.name)
     return frozen
 
 
@@ -119,13 +130,15 @@ def backbone_of(model: keras.Model) -> keras.Model | None:
                  and (layer.name in BACKBONES or layer.name == USER_BACKBONE)), None)
 
 
-def set_frozen_stages(model: keras.Model, stages: int | None) -> list[str]:
+def set_frozen_stages(model: keras.Model, stages: int | None,
+                      batchnorm: bool = False) -> list[str]:
     """Sets what trains, both ways, between the phases of two-phase fine-tuning.
 
     `stages=None` freezes the whole backbone (`backbone_of`), every layer of
     it, staged or not: phase 1, the head trains alone. An integer `k` leaves
     the model as `build_resnet` with `freeze_stages=k` does: the backbone
-    trainable again, then stages 1..k frozen (`freeze_stages`). Frozen
+    trainable again, then stages 1..k frozen (`freeze_stages`), and with
+    `batchnorm` every BatchNormalization layer of the backbone. Frozen
     BatchNormalization layers run in inference mode, their moving statistics
     untouched (Keras 3: `trainable=False`).
 
@@ -148,7 +161,7 @@ def set_frozen_stages(model: keras.Model, stages: int | None) -> list[str]:
         for layer, stage in layer_stages(model):
             if stage is not None:
                 layer.trainable = True
-    return freeze_stages(model, stages)
+    return freeze_stages(model, stages, batchnorm)
 
 
 @contextlib.contextmanager
@@ -241,8 +254,8 @@ def build_resnet(
             x = residual_backbone(x, config)
         outputs = classifier_head(x, config, num_classes)
         model = keras.Model(inputs, outputs, name=name or describe(config))
-    if config.freeze_stages:
-        freeze_stages(model, config.freeze_stages)
+    if config.freeze_stages or config.frozen_batchnorm:
+        freeze_stages(model, config.freeze_stages, config.frozen_batchnorm)
     return model
 
 

@@ -134,6 +134,7 @@ SCHEMA: dict[str, dict[str, Row]] = {
                                   high=max(*PRETRAINED_STAGES.values(), 1 + MAX_STAGES)),
                              default=lambda drawn: backbone_stages(drawn["backbone"]),
                              condition=_transfer),
+        "frozen_batchnorm": Row(Kind("bool"), default=False, condition=_transfer),
         "weights": Row(Kind("weights"), default="imagenet", condition=_pretrained),
     },
     "augment": {
