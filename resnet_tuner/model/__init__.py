@@ -113,7 +113,7 @@ def freeze_stages(model: keras.Model, stages: int, batchnorm: bool = False) -> l
             frozen.append(layer.name)
     backbone = backbone_of(model) if batchnorm else None
     if backbone is not None:
-        for layer, stage in layer_stages(backbone):
+        for layer, _ in layer_stages(backbone):
             if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
                 layer.trainable = False
                 frozen.append(layer.name)
