@@ -36,7 +36,7 @@ from resnet_tuner import (  # noqa: E402
     build_resnet,
     export_best,
 )
-from resnet_tuner.model.backbones import WeightsUnavailableError, resolve_weights  # noqa: E402
+from resnet_tuner.model.weights import WeightsUnavailableError, resolve_weights  # noqa: E402
 from resnet_tuner.training import compile_model, schedule_callbacks  # noqa: E402
 
 

@@ -212,13 +212,13 @@ def cmd_list_trials(args) -> int:
 
 def cmd_weights(args) -> int:
     """`resnet-tuner weights install FILE...` / `weights list`: ImageNet weights in Keras' cache."""
-    from resnet_tuner.model import backbones
+    from resnet_tuner.model import backbones, weights
 
     if args.action == "list":
         width = max(map(len, backbones.BACKBONES))
-        print(f"ImageNet weights in {backbones.keras_cache_dir()}:")
+        print(f"ImageNet weights in {weights.keras_cache_dir()}:")
         for name, record in backbones.BACKBONES.items():
-            state = "installed" if backbones.keras_cache_path(name).is_file() else "missing"
+            state = "installed" if weights.keras_cache_path(name).is_file() else "missing"
             print(f"  {name:<{width}}  {state:<9}  {record.weights_file}")
         print(f"Each file downloads from {backbones.WEIGHTS_BASE_URL}<file>; offline, "
               "download it elsewhere and run 'resnet-tuner weights install FILE'.")
@@ -230,8 +230,8 @@ def cmd_weights(args) -> int:
     refused = 0
     for file in args.files:
         try:
-            name, destination = backbones.install_weights(file, args.backbone, args.force)
-        except backbones.UnknownWeightsFileError as err:
+            name, destination = weights.install_weights(file, args.backbone, args.force)
+        except weights.UnknownWeightsFileError as err:
             refused += 1
             print(f"resnet-tuner: error: {err.problem}; refused. Expected one of:",
                   file=sys.stderr)
@@ -306,7 +306,7 @@ def _run_light(args) -> int:
 
 def _run(args) -> int:
     console.load_tensorflow()  # its start-up lines dropped (see resnet_tuner.console)
-    from resnet_tuner.model.backbones import WeightsUnavailableError
+    from resnet_tuner.model.weights import WeightsUnavailableError
     from resnet_tuner.run.distribute import ChiefUnreachableError
     from resnet_tuner.run.processes import SearchProcessError
     from resnet_tuner.run.rundir import RunInUseError

@@ -7,7 +7,7 @@ whole network (reload, weights file) run the first record of each keras.applicat
 family (ResNet50, ResNet50V2) by default and the others under `-m slow`
 (ResNet152V2 alone takes about 25 s to save, reload and load weights). No test
 downloads anything: weights files are saved by the tests, and the network probe
-`backbones.downloadable` is replaced.
+`weights.downloadable` is replaced.
 """
 
 import dataclasses
@@ -22,15 +22,14 @@ import pytest
 
 from resnet_tuner import ResNetConfig, SpaceError, build_resnet, cli, load_space
 from resnet_tuner.config import PRETRAINED_STAGES
-from resnet_tuner.model import backbones, describe, freeze_stages, stage_of
-from resnet_tuner.model.backbones import (
-    BACKBONES,
+from resnet_tuner.model import backbones, describe, freeze_stages, stage_of, weights
+from resnet_tuner.model.backbones import BACKBONES, layer_stages
+from resnet_tuner.model.weights import (
     BackboneWeightsWarning,
     UnknownWeightsFileError,
     WeightsUnavailableError,
     file_md5,
     install_weights,
-    layer_stages,
 )
 
 SHAPE = (32, 32, 3)
@@ -73,7 +72,7 @@ def keras_home(tmp_path, monkeypatch):
         raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
-    monkeypatch.setattr(backbones, "downloadable", lambda url, timeout=5.0: False)
+    monkeypatch.setattr(weights, "downloadable", lambda url, timeout=5.0: False)
     return home
 
 
@@ -191,7 +190,7 @@ def test_weights_install_recognises_the_file_by_its_md5(name, keras_home, tmp_pa
     out = capsys.readouterr().out
     assert f"{BACKBONES[name].title} ({name})" in out and str(destination) in out
     assert "MD5 verified" in out
-    assert backbones.weights_available(name)
+    assert weights.weights_available(name)
 
     assert cli.main(["weights", "list"]) == 0
     listing = capsys.readouterr().out.splitlines()
@@ -228,7 +227,7 @@ def test_weights_install_force_installs_an_unverified_file_as_the_named_backbone
     assert "is not ResNet101's weights file" in capsys.readouterr().err
     assert cli.main(["weights", "install", str(stray), "--force", "--backbone", "resnet101"]) == 0
     assert "unverified (--force)" in capsys.readouterr().out
-    assert backbones.keras_cache_path("resnet101").read_bytes() == stray.read_bytes()
+    assert weights.keras_cache_path("resnet101").read_bytes() == stray.read_bytes()
 
 
 def test_weights_install_names_a_missing_file(keras_home, capsys):
@@ -241,7 +240,7 @@ def test_weights_install_names_a_missing_file(keras_home, capsys):
 
 def test_weights_unavailable_error_says_weights_install(keras_home):
     with pytest.raises(WeightsUnavailableError) as info:
-        backbones.resolve_weights("imagenet", "resnet50v2")
+        weights.resolve_weights("imagenet", "resnet50v2")
     message = str(info.value)
     assert "resnet-tuner weights install FILE" in message
     assert BACKBONES["resnet50v2"].weights_url in message and len(message.splitlines()) == 1
@@ -276,11 +275,11 @@ def test_the_full_space_offline_drops_the_pretrained_choices_with_one_warning(ke
 
 def test_a_cached_backbone_stays_in_the_space_without_a_network_probe(keras_home, monkeypatch,
                                                                       recwarn):
-    cached = backbones.keras_cache_path("resnet50")
+    cached = weights.keras_cache_path("resnet50")
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"cached")
     probed = []
-    monkeypatch.setattr(backbones, "downloadable", lambda url, timeout=5.0: probed.append(url))
+    monkeypatch.setattr(weights, "downloadable", lambda url, timeout=5.0: probed.append(url))
     assert load_space("full").fields["model"]["backbone"].values == (
         "scratch", "resnet50", "resnet50v2")
     space = load_space("full").with_available_weights()

@@ -431,7 +431,7 @@ def test_the_offline_weights_error_says_what_to_write_in_a_space_file(tmp_path, 
                                                                      capsys):
     import keras
 
-    from resnet_tuner.model.backbones import resolve_weights
+    from resnet_tuner.model.weights import resolve_weights
 
     def offline(*args, **kwargs):
         raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")

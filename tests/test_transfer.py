@@ -11,7 +11,8 @@ import pytest
 
 from resnet_tuner import ResNetConfig, build_resnet
 from resnet_tuner.model import stage_of
-from resnet_tuner.model.backbones import BACKBONES, WeightsUnavailableError
+from resnet_tuner.model.backbones import BACKBONES
+from resnet_tuner.model.weights import WeightsUnavailableError
 
 SHAPE = (32, 32, 3)
 

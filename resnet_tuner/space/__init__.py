@@ -244,7 +244,7 @@ class SearchSpace:
 
         A backbone of `BACKBONES` with `weights = "imagenet"` (the default)
         needs its weights file in Keras' cache or a working download
-        (`backbones.weights_available`: a HEAD request per backbone not
+        (`model.weights.weights_available`: a HEAD request per backbone not
         cached). Backbone choices without are left out, with one
         `BackboneWeightsWarning` (unless `warn` is False) saying how to install
         them; with no backbone left (e.g. `backbone = "resnet50"` alone) it
@@ -257,8 +257,7 @@ class SearchSpace:
         """
         import warnings
 
-        from resnet_tuner.model.backbones import (
-            BACKBONES,
+        from resnet_tuner.model.weights import (
             BackboneWeightsWarning,
             WeightsUnavailableError,
             keras_cache_dir,
