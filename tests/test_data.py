@@ -3,6 +3,8 @@
 import json
 import os
 import time
+import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -269,6 +271,23 @@ def test_manifest_round_trip(tmp_path, cache, make_folder, write_image):
     # The same decode cache: a run reloaded from its manifest (resume, export) decodes nothing.
     assert again._images == data._images
     assert len(list(cache.glob("images-*"))) == 1
+    # A file the first load skipped (it does not decode) is listed as unused: the
+    # reload still finds the same cache entry, and says nothing about it again.
+    (root / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.warns(UserWarning, match="Skipped 1 file"):
+        data = ImageFolder(root, image_size=(16, 12), seed=3, cache_dir=cache, verbose=0)
+    assert [Path(p).name for p, _ in data.skipped] == ["broken.jpg"]
+    path = data.write_manifest(path)
+    assert json.loads(path.read_text())["unused"] == [[str(Path("dog/broken.jpg")), "dog"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = ImageFolder.from_manifest(path, cache_dir=cache, verbose=0)
+    assert again._images == data._images and again.skipped == []
+    assert len(list(cache.glob("images-*"))) == 2
+    assert again.manifest() == data.manifest()
+    os.remove(root / "dog" / "broken.jpg")  # an unused file gone is no reason to fail
+    assert ImageFolder.from_manifest(path, cache_dir=cache, verbose=0).split_files("train") \
+        == data.split_files("train")
     # A file the manifest needs has gone: say which.
     os.remove(root / data.split_files("test")[0])
     with pytest.raises(FileNotFoundError, match="The manifest lists .* \\(test split\\)"):

@@ -113,9 +113,12 @@ class ImageFolder(ImageData):
         images, kept, decode_skipped = decode_all(
             candidates, (image_size, resize, min_size, max_pixels), cache_dir, verbose
         )
-        skipped.extend(decode_skipped)
         if manifest is not None:
+            # Skipped when the manifest was written (its "unused"): reported then, by the
+            # run's skipped.json; a file of a split that no longer decodes is an error.
+            decode_skipped = [s for s in decode_skipped if s[0] not in plan["unused"]]
             _check_manifest_files_decoded(decode_skipped)
+        skipped.extend(decode_skipped)
         labels = np.array([c[3] for c in candidates], dtype=np.int32)
         kept_rows = np.asarray(kept, dtype=np.int64)
         _check_classes(plan, labels[kept_rows])
@@ -131,6 +134,20 @@ class ImageFolder(ImageData):
         self.max_pixels = max_pixels
         if skipped:
             _warn_skipped(skipped, root_path)
+
+    def manifest(self) -> dict[str, Any]:
+        """`ImageData.manifest`, plus the files found but in no split (`"unused"`).
+
+        Those are the files skipped while decoding: a reload lists them too, so
+        the decode cache's key (the files in order) is the first load's.
+        """
+        manifest = super().manifest()
+        used = np.zeros(len(self._files), bool)
+        for rows in self._index.values():
+            used[rows] = True
+        manifest["unused"] = [[self._files[i], self.class_names[self._labels[i]]]
+                              for i in np.flatnonzero(~used)]
+        return manifest
 
     @classmethod
     def from_manifest(cls, path: str | os.PathLike, **kwargs: Any) -> ImageFolder:

@@ -135,8 +135,18 @@ def plan_from_manifest(root: Path, manifest: str | os.PathLike | dict) -> dict[s
                     "folder changed since the manifest was written. Start a new run."
                 )
             files.append((str(path), stat.st_size, stat.st_mtime_ns, lookup[name], s))
+    # Files the first load found but could not use (in no split): listed again, so the
+    # decode cache's key (its files in order) is the first load's; gone ones are dropped.
+    unused = set()
+    for rel, name in manifest.get("unused", ()):
+        path = root / rel
+        if path.is_file() and name in lookup:
+            stat = path.stat()
+            files.append((str(path), stat.st_size, stat.st_mtime_ns, lookup[name], None))
+            unused.add(str(path))
     split = manifest.get("split")
     return {"class_names": class_names, "files": _in_scan_order(root, files), "split": split,
+            "unused": unused,
             "class_dirs": {n: [root] for n in class_names},
             # A run without a test split (test fraction 0) lists no test files.
             "split_dirs": {s: root for s in SPLITS if s != "test" or manifest["files"][s]}}
