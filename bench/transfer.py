@@ -359,7 +359,9 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--trial-epochs", type=int, default=20,
                         help="epochs of a quality trial (the budget stops what runs over)")
-    parser.add_argument("--pretrain-epochs", type=int, default=3)
+    parser.add_argument("--pretrain-epochs", type=int, default=10,
+                        help="epochs of the pretraining on classes 0-4 (3 gave 92.96 %% there "
+                             "and a two-phase transfer 2 points behind one-phase; 10: 94.66 %%)")
     parser.add_argument("--systems", nargs="*", help="only these rows (names as printed)")
     parser.add_argument("--work", help="keep work files here (default: a temporary folder)")
     args = parser.parse_args()
