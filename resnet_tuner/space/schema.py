@@ -21,12 +21,12 @@ from resnet_tuner.config import (
     BOUNDS,
     FLIP_MODES,
     LR_SCHEDULES,
-    PRESETS,
     PRETRAINED_STAGES,
 )
 from resnet_tuner.model.augment import AUGMENTATIONS
 from resnet_tuner.model.backbones import BACKBONES, backbone_stages
 from resnet_tuner.model.blocks import BLOCKS, SHORTCUTS, STEMS
+from resnet_tuner.presets import PRESETS
 from resnet_tuner.space.fields import Kind
 from resnet_tuner.training import OPTIMIZERS
 
