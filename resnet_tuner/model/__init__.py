@@ -11,8 +11,10 @@ A model is `uint8 image -> Rescaling(1/255) -> augmentation (training only)
 * `augment`: `AUGMENTATIONS`, config field -> layer + neutral value, read by
   the builder and by the export (which builds with every field neutral).
 * `backbones`: `BACKBONES`, one record per pretrained network (builder,
-  preprocessing, weights file, stage names), the stage
-  names of any model (`layer_stages`).
+  preprocessing, weights file, stage names), and the stage names of any
+  model (`layer_stages`).
+* `weights`: the records' weights files, found, checked and installed
+  (`resolve_weights`, `install_weights`).
 * `path_backbone`: the user's own model (a bundle or `.keras` file) as
   backbone (`user_backbone`), cut before its head (`feature_extractor`).
 * `layers`: the serializable custom layers the models carry.
