@@ -138,7 +138,7 @@ def fine_tuning_line(model: dict[str, Any], train: dict[str, Any] | None,
 
     E.g. `- Fine-tuning: phase 1, 3 epochs: ResNet50 frozen (stages 1-5), head
     trained; phase 2, 7 epochs: stages 1-3 frozen, stages 4-5 and head trained at
-    0.1x the learning rate`. Reads the rules of `training.plan_phases`: a
+    0.1x the learning rate`. Reads the rules of `phases.plan_phases`: a
     `head_epochs` of 0, or a `freeze_stages` that leaves nothing to unfreeze,
     is one phase. `epochs` is how many the weights were trained for (default
     `train["epochs"]`): fewer than `head_epochs` ran phase 1 only.

@@ -87,7 +87,8 @@ def refit_model(model_cfg: ResNetConfig, train_cfg: TrainConfig, data, epochs: i
 
     from resnet_tuner.model import build_resnet
     from resnet_tuner.model.backbones import backbone_stages
-    from resnet_tuner.training import compile_model, fit_in_phases, plan_phases
+    from resnet_tuner.phases import fit_in_phases, plan_phases
+    from resnet_tuner.training import compile_model
 
     model = build_resnet(model_cfg, data.input_shape, data.num_classes, precision=precision)
     compile_model(model, train_cfg, data.num_classes)

@@ -21,14 +21,9 @@ from resnet_tuner.config import ResNetConfig, TrainConfig
 from resnet_tuner.devices import resolve_precision
 from resnet_tuner.model import build_resnet
 from resnet_tuner.model.backbones import backbone_stages
+from resnet_tuner.phases import Phase, fit_in_phases, plan_phases
 from resnet_tuner.space import SearchSpace, load_space
-from resnet_tuner.training import (
-    EXTRA_METRICS,
-    Phase,
-    compile_model,
-    fit_in_phases,
-    plan_phases,
-)
+from resnet_tuner.training import EXTRA_METRICS, compile_model
 
 #: Metrics every model computes, besides `EXTRA_METRICS` (top-5 accuracy only
 #: with more than five classes).
@@ -177,7 +172,7 @@ class ResNetHyperModel(kt.HyperModel):
         is given).
 
         With two-phase fine-tuning (`TrainConfig.head_epochs` > 0 and a
-        pretrained or path backbone; `training.plan_phases`), phase 1 trains
+        pretrained or path backbone; `phases.plan_phases`), phase 1 trains
         the head on the whole backbone frozen, then phase 2 unfreezes down to
         `freeze_stages` and recompiles at `finetune_lr_scale` times the
         learning rate. Epochs keep one numbering (`fit(initial_epoch=)`), the

@@ -29,8 +29,9 @@ from resnet_tuner import (
 from resnet_tuner import card as card_module
 from resnet_tuner.model import backbone_of, set_frozen_stages
 from resnet_tuner.model.backbones import layer_stages
+from resnet_tuner.phases import Phase, merge_histories, plan_phases
 from resnet_tuner.run.budget import BelowMedian, Deadline
-from resnet_tuner.training import CosineDecayPerStep, Phase, merge_histories, plan_phases
+from resnet_tuner.training import CosineDecayPerStep
 
 SHAPE = (16, 16, 3)
 LEARNING_RATE = 0.01
