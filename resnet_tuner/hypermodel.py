@@ -60,11 +60,11 @@ class ResNetHyperModel(kt.HyperModel):
             a better `objective` (`keras.callbacks.EarlyStopping`); None trains
             every epoch.
         precision: the dtype policy each trial's model trains with:
-            `"float32"` (default), `"mixed_float16"`, `"mixed_bfloat16"` or
-            `"auto"` (resolved here by `devices.resolve_precision`: mixed_float16
-            on GPUs with tensor cores, mixed_bfloat16 on CPUs with native
-            bfloat16, float32 otherwise). Inputs stay uint8 and outputs float32;
-            `self.precision` is the resolved policy.
+            `"auto"` (default; resolved here by `devices.resolve_precision`:
+            mixed_float16 on GPUs with tensor cores, mixed_bfloat16 on CPUs
+            with native bfloat16, float32 otherwise), `"float32"`,
+            `"mixed_float16"` or `"mixed_bfloat16"`. Inputs stay uint8 and
+            outputs float32; `self.precision` is the resolved policy.
         feature_cache: compute a trial's frozen stages once (`model.features`):
             when its first stages are frozen and nothing before them changes in
             training (no augmentation), their output for the training and
@@ -96,7 +96,7 @@ class ResNetHyperModel(kt.HyperModel):
         class_weight: str | Mapping[int, float] | None = None,
         objective: str | kt.Objective = "val_accuracy",
         early_stopping: int | None = None,
-        precision: str = "float32",
+        precision: str = "auto",
         feature_cache: bool | str | Path = True,
         name: str | None = None,
     ):

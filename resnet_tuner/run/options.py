@@ -225,7 +225,7 @@ class SearchOptions:
              "median of the finished trials' after the same epoch (once 3 trials have "
              "finished), so bad configurations cost an epoch or two")
     precision: str = option(
-        "float32", choices=PRECISION_CHOICES, identity=True,
+        "auto", choices=PRECISION_CHOICES, identity=True,
         help="dtype policy the trials train with: float32, mixed_float16 or mixed_bfloat16 "
              "(float32 weights, 16-bit compute; input uint8 and output float32 either way), "
              "or auto: mixed_float16 on GPUs of compute capability 7.0 or more, "
