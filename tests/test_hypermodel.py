@@ -51,7 +51,7 @@ def test_search_with_each_tuner(kind, tmp_path, tiny_images):
     assert best.predict(x[:4], verbose=0).shape == (4, 3)
     # The best configuration rebuilds from its config alone, without keras-tuner.
     model_cfg, _ = hm.configs(best_hp)
-    rebuilt = build_resnet(model_cfg, (16, 16, 3), 3)
+    rebuilt = build_resnet(model_cfg, (16, 16, 3), 3, precision=hm.precision)  # the run's policy
     assert rebuilt.count_params() == best.count_params()
     rebuilt.set_weights(best.get_weights())
     np.testing.assert_allclose(rebuilt.predict(x[:4], verbose=0),

@@ -182,13 +182,13 @@ def test_the_hypermodel_resolves_auto_and_builds_with_its_policy(monkeypatch, tm
 
 @pytest.mark.parametrize("flags, expected", [({"avx512_bf16"}, "mixed_bfloat16"),
                                              ({"avx2"}, "float32")])
-def test_the_default_is_auto(monkeypatch, flags, expected):
+def test_the_default_is_auto(monkeypatch, tmp_path, flags, expected):
     """Faster where it is native, float32 elsewhere (bench/throughput.py --accuracy-epochs:
     on AVX512_BF16, 1.16x the images/s and no accuracy lost)."""
     monkeypatch.setattr(devices_module, "gpu_capabilities", lambda: [])
     monkeypatch.setattr(devices_module, "cpu_flags", lambda: flags)
     assert ResNetHyperModel(FIXED_SPACE, input_shape=(8, 8, 3), num_classes=3).precision == expected
-    assert SearchOptions("digits").precision == "auto"
+    assert SearchOptions("digits", out=str(tmp_path)).precision == "auto"
 
 # --------------------------------------------------------------------------- devices
 def test_devices_setting_parses_and_checks():
