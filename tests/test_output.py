@@ -136,6 +136,12 @@ def test_the_plan_line_says_how_to_get_more_trials():
     random = SearchOptions("digits", out="x", tuner="random", max_trials=5)
     assert progress.plan_line(random, 5, 8, 2) == (
         "search: 5 trials of random search, 8 epochs each, 2 done: resuming")
+    # 16 bits (the auto default on a bf16 CPU or a tensor-core GPU) is said, with the way back
+    assert progress.plan_line(random, 5, 8, 0, precision="mixed_bfloat16") == (
+        "search: 5 trials of random search, 8 epochs each, in mixed_bfloat16 "
+        "(--precision float32 for full precision)")
+    assert progress.plan_line(random, 5, 8, 0, precision="float32") == (
+        "search: 5 trials of random search, 8 epochs each")
 
 
 SAMPLES = [

@@ -41,11 +41,14 @@ def data_line(data) -> str:
     return line
 
 
-def plan_line(options, total: int, epochs: int, done: int) -> str:
+def plan_line(options, total: int, epochs: int, done: int, precision: str | None = None) -> str:
     """What the search will run: `search: 10 trials of random search, 8 epochs each`.
 
     For Hyperband the total is what its brackets run (at most `--max-trials`),
-    and the line says how to get more when the brackets are the limit.
+    and the line says how to get more when the brackets are the limit. A
+    `precision` (the resolved policy) other than float32 is named, with the
+    way back to float32: `--precision auto`, the default, picks 16 bits on
+    some machines only.
     """
     if options.tuner == "hyperband":
         iterations = options.hyperband_iterations
@@ -53,6 +56,8 @@ def plan_line(options, total: int, epochs: int, done: int) -> str:
                 f"{options.hyperband_factor}, {iterations} iteration{'s' * (iterations > 1)})")
     else:
         what = f"{total} trials of {options.tuner} search, {epochs} epochs each"
+    if precision and precision != "float32":
+        what += f", in {precision} (--precision float32 for full precision)"
     more = ("raise --hyperband-iterations to run more" if options.tuner == "hyperband"
             and total < options.max_trials else "raise --max-trials to run more")
     if getattr(options, "time_budget", None):

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from resnet_tuner.devices import resolve_precision
 from resnet_tuner.run import auth, distribute, progress
 from resnet_tuner.run.options import DATASETS, SearchOptions, kt_objective
 from resnet_tuner.run.processes import Handover
@@ -71,8 +72,8 @@ def prepare_run(options: SearchOptions, verbose: int = 1, *, summary: bool = Tru
         epochs = trial_epochs(options, space)
         done = 0 if options.overwrite else finished_trials(run_dir)
         print(progress.data_line(data), flush=True)
-        print(progress.plan_line(options, planned_trials(options, epochs), epochs, done),
-              flush=True)
+        print(progress.plan_line(options, planned_trials(options, epochs), epochs, done,
+                                 precision=resolve_precision(options.precision)), flush=True)
     return space, data
 
 
